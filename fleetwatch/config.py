@@ -1,0 +1,208 @@
+"""Settings: a TOML file plus ``FLEETWATCH_<SECTION>__<KEY>`` environment overrides.
+
+Every setting has a default (CONTRACT.md §2), so an empty file is a valid config; the
+effective values are printed by ``fleetwatch check-config`` with secrets masked. The
+settings object is frozen: a running daemon never changes its mind about its config.
+
+Precedence, highest first: environment, TOML file, defaults.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from fleetwatch.errors import ConfigError
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class MqttSettings(_Section):
+    url: str = "mqtt://127.0.0.1:1883"
+    """``mqtt://`` or ``mqtts://``; user and password may be given in the URL."""
+    topic_prefix: str = "fleet/v1"
+    client_id: str = "fleetwatch"
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    keepalive_s: int = Field(default=30, ge=5)
+    session_expiry_s: int = Field(default=86400, ge=0)
+    """How long the broker keeps our session (and queues QoS 1) while we are away."""
+    receive_maximum: int = Field(default=1000, ge=20, le=65535)
+    """MQTT 5 Receive Maximum: unacknowledged QoS 1 deliveries we accept at once."""
+    reconnect_max_s: float = Field(default=30.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("mqtt", "mqtts"):
+            raise ValueError("mqtt.url must start with mqtt:// or mqtts://")
+        return v
+
+
+class StoreSettings(_Section):
+    url: str = "sqlite:////var/lib/fleetwatch/fleetwatch.db"
+    flush_interval_ms: int = Field(default=5, ge=1, le=1000)
+    """The writer commits what it holds at least this often (and acknowledges QoS 1)."""
+    max_batch: int = Field(default=5000, ge=1)
+    terminal_flush_s: float = Field(default=2.0, gt=0)
+    """Terminal state (last seen etc.) is written coalesced, at most this often."""
+    dead_letters_kept: int = Field(default=1000, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith("sqlite:///"):
+            raise ValueError("store.url must be sqlite:///relative.db or sqlite:////absolute.db")
+        return v
+
+    @property
+    def sqlite_path(self) -> str:
+        """``sqlite:///a.db`` -> ``a.db``; ``sqlite:////var/x.db`` -> ``/var/x.db``."""
+        return self.url.removeprefix("sqlite:///")
+
+
+class HttpSettings(_Section):
+    listen: str = "127.0.0.1:9464"
+    api_token: SecretStr = SecretStr("")
+    """Empty: the daemon generates one at start and logs the file it wrote it to."""
+    token_file: str | None = None
+    """Where a generated token is written; default: beside the store."""
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
+class DetectSettings(_Section):
+    """Detection constants. Every duration is a multiple of ``heartbeat_interval_s``."""
+
+    heartbeat_interval_s: float = Field(default=60.0, gt=0)
+    offline_after_missed: float = Field(default=3, gt=0)
+    clear_after_intervals: float = Field(default=3, gt=0)
+    correlation_window_intervals: float = Field(default=5, gt=0)
+    upstream_clear_intervals: float = Field(default=5, gt=0)
+    sweep_intervals: float = Field(default=0.25, gt=0)
+    """How often the sweeper looks for silence and expired windows."""
+    weak_signal_dbm: int = -100
+    weak_signal_intervals: float = Field(default=10, gt=0)
+    battery_low_pct: int = Field(default=15, ge=0, le=100)
+    battery_critical_pct: int = Field(default=5, ge=0, le=100)
+    reader_window_cards: int = Field(default=50, ge=5)
+    reader_window_intervals: float = Field(default=1440, gt=0)
+    reader_min_failing_cards: int = Field(default=5, ge=1)
+    reader_min_distinct_cards: int = Field(default=20, ge=1)
+    reader_baseline_factor: float = Field(default=4.0, gt=1)
+    reader_min_share: float = Field(default=0.15, gt=0, lt=1)
+    comm_error_min: int = Field(default=3, ge=1)
+    upstream_min_terminals: int = Field(default=20, ge=2)
+    upstream_min_share: float = Field(default=0.10, gt=0, le=1)
+    group_min_terminals: int = Field(default=10, ge=2)
+    fleet_share_for_group: float = Field(default=0.9, gt=0, le=1)
+    merchant_min_terminals: int = Field(default=2, ge=2)
+    merchant_min_share: float = Field(default=0.8, gt=0, le=1)
+    processors: dict[str, dict[str, str]] = Field(default_factory=dict)
+    """Extra response-code attributions per processor: {processor: {rc: blame}}."""
+    processor: str | None = None
+    """Which processor table applies on top of the built-in ISO 8583 / UnionPay one."""
+
+    def intervals(self, n: float) -> float:
+        """``n`` heartbeat intervals in seconds."""
+        return n * self.heartbeat_interval_s
+
+
+class SettlementSettings(_Section):
+    batch_close_deadline_s: float = Field(default=93600, gt=0)
+    settlement_deadline_s: float = Field(default=172800, gt=0)
+    saf_max_age_s: float = Field(default=4 * 3600, gt=0)
+    sweep_s: float = Field(default=1.0, gt=0)
+
+
+class LogSettings(_Section):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+    """auto: readable console on a TTY, JSON lines otherwise."""
+    reject_log_interval_s: float = Field(default=10.0, ge=0)
+
+
+class NotifySettings(_Section):
+    alertmanager_url: str = ""
+    """Empty: no pushing to Alertmanager."""
+    min_severity: Literal["info", "minor", "major", "critical"] = "major"
+    resend_s: float = Field(default=60.0, gt=0)
+    generator_url: str = ""
+
+
+class Settings(BaseSettings):
+    """The daemon's whole configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FLEETWATCH_", env_nested_delimiter="__", frozen=True, extra="forbid",
+        case_sensitive=False,
+    )
+
+    mqtt: MqttSettings = MqttSettings()
+    store: StoreSettings = StoreSettings()
+    http: HttpSettings = HttpSettings()
+    detect: DetectSettings = DetectSettings()
+    settlement: SettlementSettings = SettlementSettings()
+    log: LogSettings = LogSettings()
+    notify: NotifySettings = NotifySettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # The environment wins over the file (passed as init kwargs), which wins over defaults.
+        return (env_settings, init_settings)
+
+
+def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Read the TOML file (if any), apply ``overrides`` then the environment, validate.
+
+    Raises ConfigError with a readable message on a missing file, bad TOML or a bad value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file not found: {path}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {}).update(values)
+    try:
+        return Settings(**data)
+    except ValueError as exc:
+        raise ConfigError(f"invalid configuration: {exc}") from exc
+
+
+def effective_settings(settings: Settings) -> dict[str, Any]:
+    """Settings as plain data with secrets masked (for check-config and the start log)."""
+    dumped: dict[str, Any] = settings.model_dump(mode="json")
+    dumped["mqtt"]["url"] = _mask_url(settings.mqtt.url)
+    return dumped
+
+
+def _mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":**********@")
+    return parts._replace(netloc=netloc).geturl()

@@ -1,0 +1,155 @@
+"""Wire models of the contract's five payloads (CONTRACT.md §1).
+
+They are msgspec Structs rather than pydantic models because decoding is on the
+per-message hot path and msgspec validates the same schema several times faster
+(bench/decode_bench.py measures both; docs/decisions/0002-decode-with-msgspec.md).
+
+Shapes follow the contract exactly: required fields have no default, optional ones
+default to ``None`` ("unknown", never "ok"), unknown fields are ignored so newer
+firmware can add fields without being rejected.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+import msgspec
+
+IdStr = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9.\-]{1,32}$")]
+"""terminal_id / merchant_id: 1 to 32 characters of ``A-Z a-z 0-9 - .``."""
+
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+"""ISO 4217 alphabetic code."""
+
+EpochMs = Annotated[int, msgspec.Meta(ge=0)]
+
+PrinterStatus = Literal["ok", "paper_low", "no_paper", "jam", "cover_open", "overheat", "fault", "absent"]
+ReaderStatus = Literal["ok", "fault"]
+NetType = Literal["eth", "wifi", "4g", "5g", "3g", "gprs"]
+TxnType = Literal["sale", "refund", "void", "preauth", "completion"]
+Entry = Literal["chip", "ctls", "msr", "fallback", "manual"]
+Outcome = Literal["approved", "declined", "error", "cancelled"]
+ErrorStage = Literal["read", "pin", "connect", "tls", "host", "print"]
+BatchResult = Literal["confirmed", "mismatch", "unconfirmed"]
+TerminalStateName = Literal["online", "shutdown", "offline"]
+
+
+class Power(msgspec.Struct, frozen=True):
+    battery_pct: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
+    charging: bool | None = None
+
+
+class Net(msgspec.Struct, frozen=True):
+    type: NetType | None = None
+    rssi_dbm: int | None = None
+    host_rtt_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    host_reachable: bool | None = None
+
+
+class Reader(msgspec.Struct, frozen=True):
+    chip: ReaderStatus | None = None
+    msr: ReaderStatus | None = None
+    ctls: ReaderStatus | None = None
+
+
+class Saf(msgspec.Struct, frozen=True):
+    pending: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    oldest_ts: EpochMs | None = None
+
+
+class Heartbeat(msgspec.Struct, frozen=True):
+    v: int
+    terminal_id: IdStr
+    merchant_id: IdStr
+    ts: EpochMs
+    seq: Annotated[int, msgspec.Meta(ge=0)]
+    model: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    serial: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    fw: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    app: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    uptime_s: Annotated[int, msgspec.Meta(ge=0)] | None = None
+    power: Power | None = None
+    net: Net | None = None
+    printer: PrinterStatus | None = None
+    reader: Reader | None = None
+    saf: Saf | None = None
+    tamper: bool | None = None
+
+
+class TxnError(msgspec.Struct, frozen=True):
+    stage: ErrorStage
+    code: Annotated[str, msgspec.Meta(max_length=64)] | None = None
+    detail: Annotated[str, msgspec.Meta(max_length=512)] | None = None
+
+
+class TxnResult(msgspec.Struct, frozen=True):
+    v: int
+    terminal_id: IdStr
+    merchant_id: IdStr
+    ts: EpochMs
+    txn_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
+    batch_no: Annotated[int, msgspec.Meta(ge=0)]
+    type: TxnType
+    amount_minor: Annotated[int, msgspec.Meta(ge=0)]
+    currency: Currency
+    outcome: Outcome
+    stan: Annotated[str, msgspec.Meta(max_length=12)] | None = None
+    rrn: Annotated[str, msgspec.Meta(max_length=24)] | None = None
+    entry: Entry | None = None
+    card_ref: Annotated[str, msgspec.Meta(max_length=16)] | None = None
+    rc: Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Za-z]{2}$")] | None = None
+    error: TxnError | None = None
+    offline: bool | None = None
+    orig_txn_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+
+
+class BatchClose(msgspec.Struct, frozen=True):
+    v: int
+    terminal_id: IdStr
+    merchant_id: IdStr
+    ts: EpochMs
+    batch_no: Annotated[int, msgspec.Meta(ge=0)]
+    count: Annotated[int, msgspec.Meta(ge=0)]
+    amount_minor: int
+    currency: Currency
+    result: BatchResult
+
+
+class StateMsg(msgspec.Struct, frozen=True):
+    v: int
+    terminal_id: IdStr
+    state: TerminalStateName
+    ts: EpochMs
+
+
+class Settlement(msgspec.Struct, frozen=True):
+    v: int
+    merchant_id: IdStr
+    terminal_id: IdStr
+    batch_no: Annotated[int, msgspec.Meta(ge=0)]
+    business_date: Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    settled_count: Annotated[int, msgspec.Meta(ge=0)]
+    settled_amount_minor: int
+    currency: Currency
+    credited_at: EpochMs
+
+
+Message = Heartbeat | TxnResult | BatchClose | StateMsg | Settlement
+"""Any accepted payload."""
+
+MessageType = Literal["heartbeat", "txn", "batch", "state", "settlement"]
+MESSAGE_TYPES: tuple[MessageType, ...] = ("heartbeat", "txn", "batch", "state", "settlement")
+
+
+class Envelope(msgspec.Struct, frozen=True):
+    """An accepted message with the facts of its delivery.
+
+    ``received_at`` is the daemon's clock (epoch seconds, float): liveness is judged by
+    it, never by the terminal's drifting ``ts``. ``retained`` marks broker history
+    (a retained State handed over again on subscribe), which never proves liveness.
+    """
+
+    kind: MessageType
+    msg: Message
+    received_at: float
+    retained: bool = False

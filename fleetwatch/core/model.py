@@ -1,0 +1,291 @@
+"""The decision vocabulary shared by the pure core, the store and the API.
+
+Rules and the settlement book speak in *findings* ("this condition holds now") and
+*clears* ("it no longer holds"); the incident book turns them into incident
+transitions; the pipeline hands the resulting *effects* to the store. Everything here
+is plain data so the core stays free of I/O and easy to test.
+
+Times are epoch seconds as floats (the daemon's clock) unless a name ends in ``_ms``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Kind = Literal["reader", "printer", "network", "power", "tamper", "config", "settlement_gap", "host_outage"]
+Scope = Literal["terminal", "merchant", "group", "fleet"]
+Severity = Literal["info", "minor", "major", "critical"]
+Status = Literal["open", "acknowledged", "resolved"]
+
+KINDS: tuple[Kind, ...] = (
+    "reader", "printer", "network", "power", "tamper", "config", "settlement_gap", "host_outage",
+)
+SCOPES: tuple[Scope, ...] = ("terminal", "merchant", "group", "fleet")
+SEVERITIES: tuple[Severity, ...] = ("info", "minor", "major", "critical")
+SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
+
+CAUSES: dict[Kind, tuple[str, ...]] = {
+    "reader": ("self_test", "read_failures"),
+    "printer": ("no_paper", "jam", "cover_open", "overheat", "fault", "paper_low", "print_errors"),
+    "network": ("offline", "comm_errors", "weak_signal"),
+    "power": ("battery_low", "battery_critical"),
+    "tamper": ("tamper",),
+    "config": ("invalid_merchant", "not_permitted", "not_registered", "keys", "batch_sync"),
+    "settlement_gap": ("batch_not_closed", "totals_mismatch", "not_settled", "settled_short", "saf_backlog"),
+    "host_outage": ("host_errors", "offline_wave"),
+}
+
+
+def group_json(group: dict[str, str] | None) -> str | None:
+    """Canonical text of a group object, so equal groups give equal keys."""
+    return None if group is None else json.dumps(group, sort_keys=True, separators=(",", ":"))
+
+
+def incident_key(
+    scope: Scope,
+    kind: Kind,
+    *,
+    terminal_id: str | None = None,
+    merchant_id: str | None = None,
+    group: dict[str, str] | None = None,
+    gap: tuple[int, str, str] | None = None,
+) -> str:
+    """The contract's dedupe key (CONTRACT.md §3 "Scopes, keys and parents") as text.
+
+    At most one incident is open per key. ``gap`` is (batch_no, currency, cause) and
+    only applies to terminal-scope ``settlement_gap`` incidents.
+    """
+    if scope == "terminal":
+        base = f"terminal|{terminal_id}|{kind}"
+        if kind == "settlement_gap" and gap is not None:
+            batch_no, currency, cause = gap
+            return f"{base}|{batch_no}|{currency}|{cause}"
+        return base
+    if scope == "merchant":
+        return f"merchant|{merchant_id}|{kind}"
+    if scope == "group":
+        return f"group|{group_json(group)}|{kind}"
+    return f"fleet|{kind}"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """A rule's statement that a condition holds at ``at`` (receive time)."""
+
+    key: str
+    kind: Kind
+    cause: str
+    severity: Severity
+    scope: Scope
+    summary: str
+    at: float
+    terminal_id: str | None = None
+    merchant_id: str | None = None
+    group: dict[str, str] | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    detected_from: float | None = None
+    """Receive time of the message that decided it, for the detection-latency histogram."""
+
+
+@dataclass(frozen=True, slots=True)
+class Clear:
+    """A rule's statement that the condition behind ``key`` is absent at ``at``.
+
+    ``immediate`` resolves at once (money arrived); otherwise the incident book applies
+    hysteresis (``clear_after_intervals``) so a flapping condition keeps one incident.
+    """
+
+    key: str
+    at: float
+    immediate: bool = False
+    evidence: dict[str, Any] | None = None
+
+
+Signal = Finding | Clear
+
+
+@dataclass(slots=True)
+class Incident:
+    """One incident as the API serves it, plus the bookkeeping the lifecycle needs."""
+
+    id: str
+    key: str
+    kind: Kind
+    cause: str
+    scope: Scope
+    severity: Severity
+    status: Status
+    opened_at: float
+    updated_at: float
+    summary: str
+    terminal_id: str | None = None
+    merchant_id: str | None = None
+    group: dict[str, str] | None = None
+    resolved_at: float | None = None
+    acknowledged_at: float | None = None
+    parent_id: str | None = None
+    suppressed: bool = False
+    previous_id: str | None = None
+    evidence: dict[str, Any] = field(default_factory=dict)
+    clearing_since: float | None = None
+    """When the condition was last seen to clear; None while it holds (hysteresis)."""
+
+    @property
+    def is_open(self) -> bool:
+        return self.status != "resolved"
+
+
+EventType = Literal[
+    "opened", "updated", "escalated", "cause_changed", "acknowledged", "resolved",
+    "suppressed", "unsuppressed", "reopened",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentEvent:
+    """One row of an incident's audit trail."""
+
+    incident_id: str
+    at: float
+    type: EventType
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class TerminalRecord:
+    """What the store keeps of one terminal; the engine's state is rebuilt from it at start."""
+
+    terminal_id: str
+    merchant_id: str | None = None
+    model: str | None = None
+    fw: str | None = None
+    app: str | None = None
+    serial: str | None = None
+    net_type: str | None = None
+    last_seen: float | None = None
+    """Daemon receive time of the last non-retained message of any kind."""
+    last_heartbeat_at: float | None = None
+    last_ts_ms: int | None = None
+    seq: int | None = None
+    uptime_s: int | None = None
+    reboots: int = 0
+    state: str = "online"
+    """online | offline | shutdown (maintenance is a separate flag)."""
+    state_at: float | None = None
+    battery_pct: int | None = None
+    charging: bool | None = None
+    rssi_dbm: int | None = None
+    printer: str | None = None
+    reader_fault: bool = False
+    saf_pending: int | None = None
+    saf_oldest_ts_ms: int | None = None
+    tamper: bool = False
+    maintenance_until: float | None = None
+
+
+# ---- effects: what the pipeline asks the store to persist -------------------------
+
+@dataclass(frozen=True, slots=True)
+class IncidentWrite:
+    """Persist the incident's current snapshot and one audit event, in one transaction."""
+
+    incident: Incident
+    event: IncidentEvent
+    detected_from: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    topic: str
+    reason: str
+    detail: str
+    received_at: float
+    payload_excerpt: str | None
+    """Truncated payload; always None for reason ``pan`` (nothing of it is kept)."""
+
+
+
+
+@dataclass(slots=True)
+class BatchRecord:
+    """Reconciliation state of one batch: one (terminal, batch_no, currency).
+
+    The settlement book keeps one per open batch and the store persists it (coalesced),
+    so a restart resumes every tally without replaying transactions. Money is integer
+    minor units; times are daemon receive times (epoch s) unless named ``_ms``.
+    """
+
+    terminal_id: str
+    batch_no: int
+    currency: str
+    merchant_id: str
+    tally_count: int = 0
+    """Approved money-moving txns (sale, completion, refund, void) counted like BatchClose."""
+    tally_amount_minor: int = 0
+    """Net: sales + completions - refunds - voids (a voided refund adds back)."""
+    first_approved_at: float | None = None
+    first_approved_ts_ms: int | None = None
+    last_txn_at: float | None = None
+    closed_at: float | None = None
+    close_count: int | None = None
+    close_amount_minor: int | None = None
+    close_result: str | None = None
+    close_ts_ms: int | None = None
+    settled_at: float | None = None
+    settled_count: int | None = None
+    settled_amount_minor: int | None = None
+    business_date: str | None = None
+    credited_at_ms: int | None = None
+    watch: bool = False
+    """Put under watch by a tamper or hardware swap while the batch was open."""
+    done: bool = False
+    """Settled in full and matched: nothing more to watch; not loaded at start."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxnRecord:
+    """One accepted transaction as stored (no PAN exists in the contract; card_ref is a token)."""
+
+    terminal_id: str
+    txn_id: str
+    merchant_id: str
+    batch_no: int
+    currency: str
+    type: str
+    outcome: str
+    amount_minor: int
+    ts_ms: int
+    received_at: float
+    rc: str | None = None
+    entry: str | None = None
+    error_stage: str | None = None
+    orig_txn_id: str | None = None
+    signed_amount_minor: int = 0
+    """This txn's effect on its batch tally (0 when it does not move money)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TxnWrite:
+    """Persist one accepted transaction (QoS 1: acknowledged only after this commits)."""
+
+    txn: TxnRecord
+
+
+@dataclass(frozen=True, slots=True)
+class SettlementWrite:
+    """Persist one host Settlement message as received (audit; matching lives in BatchRecord)."""
+
+    terminal_id: str
+    merchant_id: str
+    batch_no: int
+    currency: str
+    business_date: str
+    settled_count: int
+    settled_amount_minor: int
+    credited_at_ms: int
+    received_at: float
+
+
+Effect = IncidentWrite | DeadLetter | TxnWrite | SettlementWrite
