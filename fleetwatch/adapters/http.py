@@ -1,0 +1,358 @@
+"""The HTTP surface (CONTRACT.md §3): metrics, health, and the bearer-token API.
+
+FastAPI for the typed API and its OpenAPI document at /openapi.json; served by uvicorn
+in the daemon's own event loop, so API actions (ack, resolve, maintenance) go through
+the same engine and the same writer as messages, one at a time, never racing them.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Awaitable, Callable
+from datetime import UTC, date, datetime
+from typing import Annotated, Any, Literal, Protocol
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from pydantic import BaseModel, Field
+
+from fleetwatch import __version__
+from fleetwatch.adapters.metrics import Metrics
+from fleetwatch.core.model import BatchRecord, Effect, Incident, IncidentEvent, TerminalRecord
+
+
+class Reads(Protocol):
+    """The read side of the store the API needs."""
+
+    async def list_incidents(
+        self, *, status: str = "open", kind: str | None = None, terminal_id: str | None = None,
+        merchant_id: str | None = None, scope: str | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[Incident], str | None]: ...
+    async def get_incident(self, incident_id: str) -> Incident | None: ...
+    async def incident_events(self, incident_id: str) -> list[IncidentEvent]: ...
+    async def get_terminal(self, terminal_id: str) -> TerminalRecord | None: ...
+    async def list_terminals(
+        self, *, merchant_id: str | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[TerminalRecord], str | None]: ...
+    async def batches_for(
+        self, merchant_id: str, business_date: str | None = None, terminal_id: str | None = None,
+    ) -> list[BatchRecord]: ...
+
+
+class Decisions(Protocol):
+    """The engine's operator actions and in-memory views."""
+
+    def acknowledge(self, incident_id: str, now: float) -> list[Effect]: ...
+    def resolve(self, incident_id: str, now: float) -> list[Effect]: ...
+    def set_maintenance(self, terminal_id: str, until: float | None, now: float) -> list[Effect]: ...
+    def terminal(self, terminal_id: str) -> TerminalRecord | None: ...
+    def incident(self, incident_id: str) -> Incident | None: ...
+
+
+Commit = Callable[[list[Effect]], Awaitable[None]]
+
+
+def rfc3339(ts: float | None) -> str | None:
+    """Epoch seconds -> ``2026-11-23T10:15:02.120Z`` (UTC, milliseconds)."""
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(value: str | float) -> float:
+    """RFC 3339 text or epoch seconds -> epoch seconds."""
+    if isinstance(value, int | float):
+        return float(value)
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.timestamp()
+
+
+class IncidentOut(BaseModel):
+    id: str
+    kind: str
+    cause: str
+    scope: str
+    terminal_id: str | None
+    merchant_id: str | None
+    group: dict[str, str] | None
+    severity: str
+    status: str
+    opened_at: str
+    updated_at: str
+    resolved_at: str | None
+    summary: str
+    parent_id: str | None
+    suppressed: bool
+    previous_id: str | None
+    evidence: dict[str, Any]
+
+    @classmethod
+    def of(cls, i: Incident) -> IncidentOut:
+        return cls(
+            id=i.id, kind=i.kind, cause=i.cause, scope=i.scope, terminal_id=i.terminal_id,
+            merchant_id=i.merchant_id, group=i.group, severity=i.severity, status=i.status,
+            opened_at=rfc3339(i.opened_at) or "", updated_at=rfc3339(i.updated_at) or "",
+            resolved_at=rfc3339(i.resolved_at), summary=i.summary, parent_id=i.parent_id,
+            suppressed=i.suppressed, previous_id=i.previous_id, evidence=i.evidence,
+        )
+
+
+class IncidentPage(BaseModel):
+    items: list[IncidentOut]
+    next_cursor: str | None
+
+
+class IncidentEventOut(BaseModel):
+    at: str
+    type: str
+    detail: dict[str, Any]
+
+
+class TerminalOut(BaseModel):
+    terminal_id: str
+    merchant_id: str | None
+    model: str | None
+    fw: str | None
+    app: str | None
+    serial: str | None
+    net_type: str | None
+    state: str
+    in_maintenance: bool
+    maintenance_until: str | None
+    last_seen: str | None
+    last_heartbeat_at: str | None
+    seq: int | None
+    uptime_s: int | None
+    reboots: int
+    battery_pct: int | None
+    charging: bool | None
+    rssi_dbm: int | None
+    printer: str | None
+    reader_fault: bool
+    saf_pending: int | None
+    tamper: bool
+
+    @classmethod
+    def of(cls, t: TerminalRecord, now: float) -> TerminalOut:
+        in_maintenance = t.maintenance_until is not None and t.maintenance_until > now
+        return cls(
+            terminal_id=t.terminal_id, merchant_id=t.merchant_id, model=t.model, fw=t.fw, app=t.app,
+            serial=t.serial, net_type=t.net_type, state=t.state, in_maintenance=in_maintenance,
+            maintenance_until=rfc3339(t.maintenance_until) if in_maintenance else None,
+            last_seen=rfc3339(t.last_seen), last_heartbeat_at=rfc3339(t.last_heartbeat_at), seq=t.seq,
+            uptime_s=t.uptime_s, reboots=t.reboots, battery_pct=t.battery_pct, charging=t.charging,
+            rssi_dbm=t.rssi_dbm, printer=t.printer, reader_fault=t.reader_fault,
+            saf_pending=t.saf_pending, tamper=t.tamper,
+        )
+
+
+class TerminalPage(BaseModel):
+    items: list[TerminalOut]
+    next_cursor: str | None
+
+
+class MaintenanceIn(BaseModel):
+    until: str | float = Field(description="End of the maintenance window: RFC 3339 time or epoch seconds.")
+
+
+class GapPage(BaseModel):
+    items: list[IncidentOut]
+    total_at_stake_minor: dict[str, int] = Field(description="Money at stake per currency, minor units.")
+
+
+class CurrencyDay(BaseModel):
+    currency: str
+    approved_minor: int
+    approved_count: int
+    batched_minor: int
+    settled_minor: int
+    difference_minor: int = Field(description="approved - settled")
+    batches: int
+    unclosed_batches: int
+    unsettled_batches: int
+
+
+class Reconciliation(BaseModel):
+    merchant_id: str
+    business_date: str
+    currencies: list[CurrencyDay]
+
+
+def build_app(
+    *,
+    token: str,
+    metrics: Metrics,
+    reads: Reads,
+    decisions: Decisions,
+    commit: Commit,
+    ready: Callable[[], bool],
+    clock: Callable[[], float],
+) -> FastAPI:
+    """The ASGI app; every dependency is passed in so tests can build it around fakes."""
+    app = FastAPI(title="fleetwatch", version=__version__, summary="Card-terminal fleet incidents")
+    bearer = HTTPBearer(auto_error=False)
+
+    def authorised(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
+        if cred is None or not secrets.compare_digest(cred.credentials.encode(), token.encode()):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+    auth = [Depends(authorised)]
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics_endpoint() -> Response:
+        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(response: Response) -> dict[str, str]:
+        if ready():
+            return {"status": "ready"}
+        response.status_code = 503
+        return {"status": "not ready"}
+
+    @app.get("/api/v1/incidents", dependencies=auth)
+    async def list_incidents(
+        status: Literal["open", "acknowledged", "resolved", "all"] = "open",
+        kind: str | None = None, terminal_id: str | None = None, merchant_id: str | None = None,
+        scope: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: str | None = None,
+    ) -> IncidentPage:
+        try:
+            items, next_cursor = await reads.list_incidents(
+                status=status, kind=kind, terminal_id=terminal_id, merchant_id=merchant_id,
+                scope=scope, limit=limit, cursor=cursor,
+            )
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        return IncidentPage(items=[IncidentOut.of(i) for i in items], next_cursor=next_cursor)
+
+    async def _incident_or_404(incident_id: str) -> Incident:
+        found = decisions.incident(incident_id) or await reads.get_incident(incident_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail="no such incident")
+        return found
+
+    @app.get("/api/v1/incidents/{incident_id}", dependencies=auth)
+    async def get_incident(incident_id: str) -> IncidentOut:
+        return IncidentOut.of(await _incident_or_404(incident_id))
+
+    @app.get("/api/v1/incidents/{incident_id}/events", dependencies=auth)
+    async def incident_events(incident_id: str) -> list[IncidentEventOut]:
+        await _incident_or_404(incident_id)
+        return [IncidentEventOut(at=rfc3339(e.at) or "", type=e.type, detail=e.detail)
+                for e in await reads.incident_events(incident_id)]
+
+    async def _act(incident_id: str, action: Callable[[str, float], list[Effect]]) -> IncidentOut:
+        current = await _incident_or_404(incident_id)
+        if current.status == "resolved":
+            return IncidentOut.of(current)
+        try:
+            effects = action(incident_id, clock())
+        except KeyError as exc:
+            raise HTTPException(status_code=409, detail="incident is not open in this daemon") from exc
+        await commit(effects)
+        return IncidentOut.of(await _incident_or_404(incident_id))
+
+    @app.post("/api/v1/incidents/{incident_id}/ack", dependencies=auth)
+    async def ack(incident_id: str) -> IncidentOut:
+        return await _act(incident_id, decisions.acknowledge)
+
+    @app.post("/api/v1/incidents/{incident_id}/resolve", dependencies=auth)
+    async def resolve(incident_id: str) -> IncidentOut:
+        return await _act(incident_id, decisions.resolve)
+
+    @app.get("/api/v1/terminals", dependencies=auth)
+    async def list_terminals(
+        merchant_id: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: str | None = None,
+    ) -> TerminalPage:
+        try:
+            items, next_cursor = await reads.list_terminals(merchant_id=merchant_id, limit=limit, cursor=cursor)
+        except ValueError as exc:
+            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        now = clock()
+        fresh = [decisions.terminal(t.terminal_id) or t for t in items]
+        return TerminalPage(items=[TerminalOut.of(t, now) for t in fresh], next_cursor=next_cursor)
+
+    async def _terminal_or_404(terminal_id: str) -> TerminalRecord:
+        found = decisions.terminal(terminal_id) or await reads.get_terminal(terminal_id)
+        if found is None:
+            raise HTTPException(status_code=404, detail="no such terminal")
+        return found
+
+    @app.get("/api/v1/terminals/{terminal_id}", dependencies=auth)
+    async def get_terminal(terminal_id: str) -> TerminalOut:
+        return TerminalOut.of(await _terminal_or_404(terminal_id), clock())
+
+    @app.post("/api/v1/terminals/{terminal_id}/maintenance", dependencies=auth)
+    async def start_maintenance(terminal_id: str, body: MaintenanceIn) -> TerminalOut:
+        await _terminal_or_404(terminal_id)
+        try:
+            until = parse_time(body.until)
+        except ValueError as exc:
+            raise HTTPException(status_code=422, detail=f"bad time: {exc}") from exc
+        now = clock()
+        if until <= now:
+            raise HTTPException(status_code=422, detail="maintenance must end in the future")
+        await commit(decisions.set_maintenance(terminal_id, until, now))
+        return TerminalOut.of(await _terminal_or_404(terminal_id), clock())
+
+    @app.delete("/api/v1/terminals/{terminal_id}/maintenance", dependencies=auth)
+    async def end_maintenance(terminal_id: str) -> TerminalOut:
+        await _terminal_or_404(terminal_id)
+        await commit(decisions.set_maintenance(terminal_id, None, clock()))
+        return TerminalOut.of(await _terminal_or_404(terminal_id), clock())
+
+    @app.get("/api/v1/settlement/gaps", dependencies=auth)
+    async def settlement_gaps(
+        merchant_id: str | None = None, terminal_id: str | None = None,
+        limit: Annotated[int, Query(ge=1, le=1000)] = 1000,
+    ) -> GapPage:
+        items, _ = await reads.list_incidents(
+            status="open", kind="settlement_gap", merchant_id=merchant_id, terminal_id=terminal_id, limit=limit,
+        )
+        at_stake: dict[str, int] = {}
+        for item in items:
+            if item.scope == "terminal" and isinstance(item.evidence.get("amount_minor"), int):
+                currency = str(item.evidence.get("currency", "?"))
+                at_stake[currency] = at_stake.get(currency, 0) + int(item.evidence["amount_minor"])
+        return GapPage(items=[IncidentOut.of(i) for i in items], total_at_stake_minor=at_stake)
+
+    @app.get("/api/v1/settlement/reconciliation", dependencies=auth)
+    async def reconciliation(merchant_id: str, business_date: date) -> Reconciliation:
+        batches = await reads.batches_for(merchant_id, business_date.isoformat())
+        return Reconciliation(
+            merchant_id=merchant_id, business_date=business_date.isoformat(),
+            currencies=summarise_day(batches),
+        )
+
+    @app.exception_handler(KeyError)
+    async def _missing(_request: Request, exc: KeyError) -> Response:
+        return Response(status_code=404, content=f'{{"detail": "not found: {exc}"}}', media_type="application/json")
+
+    return app
+
+
+def summarise_day(batches: list[BatchRecord]) -> list[CurrencyDay]:
+    """A merchant's day per currency: approved by the terminals, batched, settled, and the difference."""
+    days: dict[str, CurrencyDay] = {}
+    for b in batches:
+        day = days.setdefault(b.currency, CurrencyDay(
+            currency=b.currency, approved_minor=0, approved_count=0, batched_minor=0, settled_minor=0,
+            difference_minor=0, batches=0, unclosed_batches=0, unsettled_batches=0,
+        ))
+        day.approved_minor += b.tally_amount_minor
+        day.approved_count += b.tally_count
+        day.batched_minor += b.close_amount_minor or 0
+        day.settled_minor += b.settled_amount_minor or 0
+        day.batches += 1
+        day.unclosed_batches += b.closed_at is None
+        day.unsettled_batches += b.settled_at is None
+    for day in days.values():
+        day.difference_minor = day.approved_minor - day.settled_minor
+    return sorted(days.values(), key=lambda d: d.currency)

@@ -1,0 +1,187 @@
+"""Prometheus metrics with bounded cardinality.
+
+Counters and histograms are ordinary prometheus-client metrics on a private registry.
+Gauges over the whole fleet (terminals by state, open incidents, money at stake) come
+from a custom collector that reads an immutable snapshot the pipeline refreshes on its
+sweep: a scrape never walks live state, and the exposition is the same size with a
+thousand terminals or a million. No terminal, merchant or incident id is ever a label.
+Every label combination the dashboards read is emitted from the start with value 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from fleetwatch import __version__
+from fleetwatch.core.decode import REJECT_REASONS
+from fleetwatch.core.messages import MESSAGE_TYPES
+from fleetwatch.core.model import KINDS, SCOPES, SEVERITIES
+
+TERMINAL_STATES = ("online", "offline", "shutdown", "maintenance")
+GAP_CAUSES = ("batch_not_closed", "totals_mismatch", "not_settled", "settled_short", "saf_backlog")
+
+# ISO 4217 minor-unit exponents that differ from the usual 2.
+_CURRENCY_EXPONENT = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3,
+                      "JOD": 3, "TND": 3, "LYD": 3, "IQD": 3}
+
+
+def major_units(amount_minor: int, currency: str) -> float:
+    """Minor units to major units (fen to yuan) for display in gauges."""
+    return amount_minor / (10 ** _CURRENCY_EXPONENT.get(currency, 2))
+
+
+@dataclass(frozen=True, slots=True)
+class GaugeSnapshot:
+    """What the fleet looks like at one instant, for the gauges."""
+
+    terminals: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(state, model) -> count; models are already bounded by the engine."""
+    incidents_open: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    """(kind, severity, scope) -> open incidents."""
+    incidents_pageable: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
+    unsettled_minor: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(currency, cause) -> money at stake in minor units."""
+    oldest_unsettled_age_s: Mapping[str, float] = field(default_factory=dict)
+    gaps_open: Mapping[str, int] = field(default_factory=dict)
+
+
+class SnapshotCollector(Collector):
+    """Reads the latest GaugeSnapshot; never the live engine state."""
+
+    def __init__(self, current: Callable[[], GaugeSnapshot]) -> None:
+        self._current = current
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self._current()
+        yield self._terminals(snap)
+        yield from self._incidents(snap)
+        yield from self._settlement(snap)
+
+    @staticmethod
+    def _terminals(snap: GaugeSnapshot) -> Metric:
+        family = GaugeMetricFamily(
+            "fleetwatch_terminals", "Terminals known to the daemon by state and model.", labels=["state", "model"],
+        )
+        seen = dict(snap.terminals)
+        for state in TERMINAL_STATES:
+            if not any(key[0] == state for key in seen):
+                seen[(state, "other")] = 0
+        for (state, model), count in sorted(seen.items()):
+            family.add_metric([state, model], count)
+        return family
+
+    @staticmethod
+    def _incidents(snap: GaugeSnapshot) -> Iterator[Metric]:
+        for name, doc, values in (
+            ("fleetwatch_incidents_open", "Open incidents (acknowledged included).", snap.incidents_open),
+            ("fleetwatch_incidents_pageable", "Open incidents that are not suppressed by a parent.",
+             snap.incidents_pageable),
+        ):
+            family = GaugeMetricFamily(name, doc, labels=["kind", "severity", "scope"])
+            for kind in KINDS:
+                for severity in SEVERITIES:
+                    for scope in SCOPES:
+                        family.add_metric([kind, severity, scope], values.get((kind, severity, scope), 0))
+            yield family
+
+    @staticmethod
+    def _settlement(snap: GaugeSnapshot) -> Iterator[Metric]:
+        amount = GaugeMetricFamily(
+            "fleetwatch_settlement_unsettled_amount",
+            "Approved money not yet credited to merchants, in major currency units, by gap cause.",
+            labels=["currency", "cause"],
+        )
+        currencies = sorted({c for c, _ in snap.unsettled_minor} | set(snap.oldest_unsettled_age_s) | {"CNY"})
+        for currency in currencies:
+            for cause in GAP_CAUSES:
+                minor = snap.unsettled_minor.get((currency, cause), 0)
+                amount.add_metric([currency, cause], major_units(minor, currency))
+        yield amount
+        age = GaugeMetricFamily(
+            "fleetwatch_settlement_oldest_unsettled_age_seconds",
+            "Age of the oldest approved money still not credited, by currency.",
+            labels=["currency"],
+        )
+        for currency in currencies:
+            age.add_metric([currency], snap.oldest_unsettled_age_s.get(currency, 0.0))
+        yield age
+        gaps = GaugeMetricFamily(
+            "fleetwatch_settlement_gaps_open", "Open settlement gap incidents by cause.", labels=["cause"],
+        )
+        for cause in GAP_CAUSES:
+            gaps.add_metric([cause], snap.gaps_open.get(cause, 0))
+        yield gaps
+
+
+class Metrics:
+    """Every metric the daemon exports, on its own registry."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.snapshot = GaugeSnapshot()
+        self.received = Counter(
+            "fleetwatch_messages_received", "Messages accepted, by type.", ["type"], registry=r,
+        )
+        self.rejected = Counter(
+            "fleetwatch_messages_rejected", "Messages rejected, by reason.", ["reason"], registry=r,
+        )
+        self.processing_errors = Counter(
+            "fleetwatch_processing_errors", "Messages whose processing raised (a bug; logged).", registry=r,
+        )
+        self.ingest_lag = Gauge(
+            "fleetwatch_ingest_lag_seconds",
+            "Age of the oldest received message whose effects are not committed yet.", registry=r,
+        )
+        self.opened = Counter(
+            "fleetwatch_incidents_opened", "Incidents opened.", ["kind", "scope"], registry=r,
+        )
+        self.resolved = Counter(
+            "fleetwatch_incidents_resolved", "Incidents resolved.", ["kind", "scope"], registry=r,
+        )
+        self.incident_duration = Histogram(
+            "fleetwatch_incident_duration_seconds", "Time from open to resolve (MTTR).", ["kind"],
+            buckets=(60, 300, 900, 1800, 3600, 7200, 14400, 43200, 86400, 259200, float("inf")), registry=r,
+        )
+        self.detection_latency = Histogram(
+            "fleetwatch_detection_latency_seconds",
+            "Time from receiving the deciding message to the incident being committed.", ["kind"],
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, float("inf")), registry=r,
+        )
+        self.mqtt_connected = Gauge(
+            "fleetwatch_mqtt_connected", "1 while subscribed to the broker.", registry=r,
+        )
+        self.mqtt_reconnects = Counter(
+            "fleetwatch_mqtt_reconnects", "Successful reconnections to the broker.", registry=r,
+        )
+        self.store_write = Histogram(
+            "fleetwatch_store_write_seconds", "Duration of one store write transaction.",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, float("inf")), registry=r,
+        )
+        self.store_queue = Gauge(
+            "fleetwatch_store_queue_depth", "Effects waiting for the next store write.", registry=r,
+        )
+        self.build_info = Gauge(
+            "fleetwatch_build_info", "Always 1; the version label says which build runs.", ["version"], registry=r,
+        )
+        self.build_info.labels(version=__version__).set(1)
+        for kind in MESSAGE_TYPES:
+            self.received.labels(type=kind)
+        for reason in REJECT_REASONS:
+            self.rejected.labels(reason=reason)
+        for kind in KINDS:
+            self.detection_latency.labels(kind=kind)
+            self.incident_duration.labels(kind=kind)
+            for scope in SCOPES:
+                self.opened.labels(kind=kind, scope=scope)
+                self.resolved.labels(kind=kind, scope=scope)
+        r.register(SnapshotCollector(lambda: self.snapshot))
+
+    def exposition(self) -> bytes:
+        """The text format served at /metrics."""
+        return generate_latest(self.registry)

@@ -1,0 +1,262 @@
+"""The MQTT MessageSource, on gmqtt over MQTT 5 (docs/decisions/0001-gmqtt.md).
+
+Why the few overrides of gmqtt below:
+
+* **Acknowledge after commit.** With ``optimistic_acknowledgement=False`` gmqtt would
+  only PUBACK after an *async* ``on_message`` finishes, which means one asyncio task
+  per message. We instead hand every message to the sink synchronously and send the
+  PUBACK of a QoS 1 delivery from the done-callback of the future the sink returns (the
+  future of the store batch holding it). No task per message; nothing acknowledged
+  before it is durable.
+* **Our reconnect policy.** gmqtt's own reconnect uses a fixed delay; fleetwatch
+  reconnects forever with jittered exponential backoff, logs each state change once
+  and counts reconnects, so gmqtt's automatic reconnect is switched off.
+
+The session is persistent (clean start off, a session expiry), so QoS 1 messages
+published while the daemon is away are queued by the broker and delivered afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import structlog
+from gmqtt import Client, Subscription
+from gmqtt.mqtt.constants import MQTTv50
+
+from fleetwatch.config import MqttSettings
+from fleetwatch.errors import SourceError
+from fleetwatch.ports import MessageSink
+
+log = structlog.get_logger("fleetwatch.mqtt")
+
+TOPIC_SUFFIXES = ("term/+/heartbeat", "term/+/txn", "term/+/batch", "term/+/state", "host/settlement")
+
+
+def subscription_topics(prefix: str) -> list[str]:
+    """The contract's five topic families under ``prefix``."""
+    return [f"{prefix}/{suffix}" for suffix in TOPIC_SUFFIXES]
+
+
+def backoff_delay(attempt: int, cap: float) -> float:
+    """Full-jitter exponential backoff: uniform(0, min(cap, 0.5 * 2**attempt)).
+
+    Jitter keeps a fleet of daemons (or a restarted broker's clients) from
+    reconnecting in lockstep.
+    """
+    return random.uniform(0.0, min(cap, 0.5 * 2 ** min(attempt, 16)))
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    host: str
+    port: int
+    tls: ssl.SSLContext | None
+    username: str | None
+    password: str | None
+
+
+def broker_address(settings: MqttSettings) -> BrokerAddress:
+    """Parse ``mqtt.url`` and the TLS/credential settings into connection arguments."""
+    url = urlsplit(settings.url)
+    secure = url.scheme == "mqtts"
+    tls_context: ssl.SSLContext | None = None
+    if secure:
+        try:
+            tls_context = ssl.create_default_context(cafile=settings.ca_file)
+            if settings.cert_file:
+                tls_context.load_cert_chain(settings.cert_file, settings.key_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise SourceError(f"cannot load MQTT TLS files: {exc}") from exc
+    username = settings.username or (unquote(url.username) if url.username else None)
+    password: str | None = None
+    if settings.password is not None:
+        password = settings.password.get_secret_value()
+    elif url.password:
+        password = unquote(url.password)
+    return BrokerAddress(
+        host=url.hostname or "127.0.0.1",
+        port=url.port or (8883 if secure else 1883),
+        tls=tls_context,
+        username=username,
+        password=password,
+    )
+
+
+class _ManualReconnectClient(Client):  # type: ignore[misc]  # gmqtt ships no type hints
+    """gmqtt Client whose built-in reconnect is disabled: GmqttSource owns that loop."""
+
+    async def reconnect(self, delay: bool = False) -> None:
+        return None
+
+
+class GmqttSource:
+    """Subscribes to the contract's topics and feeds a MessageSink, reconnecting forever."""
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        on_connected_change: Callable[[bool], None] | None = None,
+        on_reconnect: Callable[[], None] | None = None,
+    ) -> None:
+        self._settings = settings
+        self._address = broker_address(settings)
+        self._topics = subscription_topics(settings.topic_prefix)
+        self._on_connected_change = on_connected_change or (lambda _up: None)
+        self._on_reconnect = on_reconnect or (lambda: None)
+        self._client: Any = None
+        self._connected = False
+        self._stopping = asyncio.Event()
+        self._lost = asyncio.Event()
+        self._subscribed = asyncio.Event()
+        self._sink: MessageSink | None = None
+
+    @property
+    def connected(self) -> bool:
+        return self._connected
+
+    async def run(self, sink: MessageSink) -> None:
+        self._sink = sink
+        attempt = 0
+        last_error: str | None = None
+        while not self._stopping.is_set():
+            try:
+                await self._connect_and_subscribe()
+            except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
+                # Any failure to connect is retried: the broker may be restarting.
+                error = f"{type(exc).__name__}: {exc}"
+                if error != last_error:
+                    log.warning("mqtt connect failed, retrying", error=error, url=self._safe_url())
+                    last_error = error
+                await self._drop_client()
+                attempt += 1
+                await self._sleep_or_stop(backoff_delay(attempt, self._settings.reconnect_max_s))
+                continue
+            if attempt or last_error:
+                self._on_reconnect()
+            attempt, last_error = 0, None
+            self._set_connected(True)
+            await self._wait_lost_or_stop()
+            self._set_connected(False)
+            if not self._stopping.is_set():
+                log.warning("mqtt connection lost, reconnecting")
+                attempt = 1
+                await self._drop_client()
+                await self._sleep_or_stop(backoff_delay(attempt, self._settings.reconnect_max_s))
+
+    async def stop(self) -> None:
+        self._stopping.set()
+        client = self._client
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=2)
+        self._set_connected(False)
+
+    # ---- connection ---------------------------------------------------------------
+
+    async def _connect_and_subscribe(self) -> None:
+        self._lost.clear()
+        self._subscribed.clear()
+        client = _ManualReconnectClient(
+            self._settings.client_id,
+            clean_session=False,
+            optimistic_acknowledgement=False,
+            session_expiry_interval=self._settings.session_expiry_s,
+            receive_maximum=self._settings.receive_maximum,
+        )
+        client.on_message = self._on_qos0_message
+        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
+        # QoS 1 deliveries go through our handler: ack from the commit future, no task.
+        client._package_handler._handle_qos_1_publish_packet = self._qos1_handler(client)
+        if self._address.username is not None:
+            client.set_auth_credentials(self._address.username, self._address.password)
+        self._client = client
+        await asyncio.wait_for(
+            client.connect(
+                self._address.host,
+                self._address.port,
+                ssl=self._address.tls or False,
+                keepalive=self._settings.keepalive_s,
+                version=MQTTv50,
+            ),
+            timeout=10,
+        )
+        client.subscribe([Subscription(topic, qos=1) for topic in self._topics])
+        await asyncio.wait_for(self._subscribed.wait(), timeout=10)
+        log.info("mqtt subscribed", url=self._safe_url(), topics=len(self._topics))
+
+    async def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(client.disconnect(), timeout=1)
+
+    async def _wait_lost_or_stop(self) -> None:
+        lost = asyncio.ensure_future(self._lost.wait())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            stop.cancel()
+
+    async def _sleep_or_stop(self, seconds: float) -> None:
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    def _set_connected(self, up: bool) -> None:
+        if up != self._connected:
+            self._connected = up
+            self._on_connected_change(up)
+
+    def _safe_url(self) -> str:
+        return f"{'mqtts' if self._address.tls else 'mqtt'}://{self._address.host}:{self._address.port}"
+
+    # ---- gmqtt callbacks ----------------------------------------------------------
+
+    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+        if client is self._client:
+            self._lost.set()
+
+    def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
+        failed = [q for q in qos if q >= 0x80]
+        if failed:
+            log.error("mqtt subscription refused by broker", codes=failed)
+            self._lost.set()
+            return
+        self._subscribed.set()
+
+    def _on_qos0_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> None:
+        """QoS 0 (and, via gmqtt, QoS 2, which the contract does not use) deliveries."""
+        assert self._sink is not None
+        self._sink(topic, payload, qos, bool(properties.get("retain")))
+
+    def _qos1_handler(self, client: Any) -> Callable[[int, bytes, str, dict[str, Any]], None]:
+        handler = client._package_handler
+
+        def handle(mid: int, payload: bytes, topic: str, properties: dict[str, Any]) -> None:
+            assert self._sink is not None
+            if isinstance(topic, bytes):  # gmqtt passes undecodable topics through as bytes
+                topic = topic.decode("utf-8", "replace")
+            durable = self._sink(topic, payload, 1, bool(properties.get("retain")))
+            if durable is None:
+                handler._send_puback(mid)
+                return
+
+            def ack(future: asyncio.Future[None]) -> None:
+                # A failed commit is never acknowledged: the broker redelivers it.
+                if not future.cancelled() and future.exception() is None and client is self._client:
+                    handler._send_puback(mid)
+
+            durable.add_done_callback(ack)
+
+        return handle

@@ -1,0 +1,166 @@
+"""Composition root: open the adapters, restore the engine, run, and shut down in order.
+
+Shutdown order (SIGTERM/SIGINT): stop MQTT intake first (nothing new arrives), let the
+writer commit what is in hand (its QoS 1 acknowledgements go out if the connection is
+still there; otherwise the broker redelivers and the engine drops the duplicates), stop
+HTTP, close the store, exit 0. A store failure is unrecoverable: exit 1 and let the
+supervisor restart us; nothing acknowledged was lost because PUBACK waits for commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import time
+from collections.abc import Generator
+from pathlib import Path
+
+import structlog
+import uvicorn
+
+from fleetwatch.adapters.http import build_app
+from fleetwatch.adapters.metrics import Metrics
+from fleetwatch.adapters.mqtt import GmqttSource
+from fleetwatch.adapters.notify import AlertmanagerNotifier
+from fleetwatch.adapters.sqlite import SqliteStore
+from fleetwatch.config import Settings, effective_settings
+from fleetwatch.core.engine import Engine
+from fleetwatch.core.model import Effect
+from fleetwatch.errors import StoreError
+from fleetwatch.pipeline import Pipeline
+
+log = structlog.get_logger("fleetwatch.app")
+
+SHUTDOWN_GRACE_S = 4.0
+RECENT_TXN_KEYS = 200_000
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the daemon owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
+
+
+def api_token(settings: Settings) -> str:
+    """The configured token, or a generated one written (0600) where the operator can read it."""
+    configured = settings.http.api_token.get_secret_value()
+    if configured:
+        return configured
+    path = Path(settings.http.token_file or Path(settings.store.sqlite_path).parent / "api-token")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(24)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(token + "\n")
+    log.warning("no http.api_token configured: generated one", token_file=str(path))
+    return token
+
+
+async def run_daemon(settings: Settings) -> int:
+    """Run until a signal (exit 0) or an unrecoverable store error (exit 1)."""
+    log.info("fleetwatch starting", settings=effective_settings(settings))
+    started = time.perf_counter()
+    try:
+        store = await SqliteStore.open(settings.store.sqlite_path, dead_letters_kept=settings.store.dead_letters_kept)
+    except StoreError as exc:
+        log.error("cannot open the store", error=str(exc))
+        return 1
+    try:
+        return await _run_with_store(settings, store, started)
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+
+
+async def _run_with_store(settings: Settings, store: SqliteStore, started: float) -> int:
+    engine = Engine(settings.detect, settings.settlement)
+    engine.restore(
+        await store.load_terminals(),
+        await store.load_open_incidents(),
+        await store.load_open_batches(),
+        await store.load_recent_txn_keys(RECENT_TXN_KEYS),
+        time.time(),
+    )
+    log.info("state restored", seconds=round(time.perf_counter() - started, 3))
+    metrics = Metrics()
+    pipeline = Pipeline(settings, engine, store, metrics)
+    pipeline.refresh_snapshot(time.time())
+    source = GmqttSource(
+        settings.mqtt,
+        on_connected_change=lambda up: (metrics.mqtt_connected.set(1 if up else 0),
+                                        log.info("mqtt connection state", connected=up)),
+        on_reconnect=metrics.mqtt_reconnects.inc,
+    )
+
+    async def commit(effects: list[Effect]) -> None:
+        await pipeline.submit(effects)
+
+    app = build_app(
+        token=api_token(settings), metrics=metrics, reads=store, decisions=engine, commit=commit,
+        ready=lambda: source.connected, clock=time.time,
+    )
+    host, port = settings.http.host_port
+    server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
+                                         lifespan="off"))
+    notifier = AlertmanagerNotifier(settings.notify, engine) if settings.notify.alertmanager_url else None
+    if notifier is not None:
+        pipeline.add_commit_listener(notifier.on_commit)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    tasks = {
+        asyncio.create_task(pipeline.run_writer(), name="writer"),
+        asyncio.create_task(pipeline.run_sweeper(), name="sweeper"),
+        asyncio.create_task(source.run(pipeline.on_message), name="mqtt"),
+        asyncio.create_task(server.serve(), name="http"),
+    }
+    if notifier is not None:
+        tasks.add(asyncio.create_task(notifier.run(), name="notifier"))
+    stopper = asyncio.create_task(stop.wait(), name="signal")
+    done, _ = await asyncio.wait(tasks | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+    failure = next((t for t in done if t is not stopper and not t.cancelled() and t.exception()), None)
+    if failure is not None:
+        log.error("fatal error, stopping", task=failure.get_name(), error=repr(failure.exception()))
+    else:
+        log.info("stopping on signal")
+    code = await _shutdown(pipeline, source, server, tasks, failure)
+    stopper.cancel()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(sig)
+    return code
+
+
+async def _shutdown(
+    pipeline: Pipeline, source: GmqttSource, server: uvicorn.Server,
+    tasks: set[asyncio.Task[None]], failure: asyncio.Task[None] | None,
+) -> int:
+    await source.stop()
+    pipeline.close()
+    writer = next(t for t in tasks if t.get_name() == "writer")
+    code = 0 if failure is None else 1
+    if not writer.done():
+        try:
+            await asyncio.wait_for(writer, timeout=SHUTDOWN_GRACE_S)
+        except TimeoutError:
+            log.error("writer did not drain in time")
+            code = 1
+        except StoreError as exc:
+            log.error("final store write failed", error=str(exc))
+            code = 1
+    elif writer.exception() is not None:
+        code = 1
+    server.should_exit = True
+    for task in tasks:
+        if task is not writer and not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    log.info("fleetwatch stopped", exit_code=code)
+    return code

@@ -1,0 +1,244 @@
+"""The one way a message goes: decode -> engine -> batched store write -> acknowledgement.
+
+The pipeline is the only place that sees both the pure core and the adapters. It is
+fed synchronously by the message source (no task per message), collects the engine's
+effects, and a single writer task commits them in one transaction per batch. QoS 1
+deliveries are acknowledged from the future of the batch that holds them, so nothing
+acknowledged can be lost; a failed commit is never acknowledged and stops the daemon.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+import structlog
+
+from fleetwatch.adapters.metrics import GaugeSnapshot, Metrics
+from fleetwatch.config import Settings
+from fleetwatch.core.decode import Decoder, Rejection
+from fleetwatch.core.engine import Engine
+from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, IncidentWrite, TerminalRecord
+from fleetwatch.logs import RateLimitedLog
+
+log = structlog.get_logger("fleetwatch.pipeline")
+
+CommitListener = Callable[[Sequence[Effect]], None]
+
+
+class EffectStore(Protocol):
+    """The part of the store the writer needs."""
+
+    async def write(
+        self,
+        effects: Sequence[Effect],
+        terminals: Sequence[TerminalRecord] = (),
+        batches: Sequence[BatchRecord] = (),
+    ) -> None: ...
+
+
+class Pipeline:
+    """Decodes, decides and persists; owns the pending batch and its commit future."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: Engine,
+        store: EffectStore,
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._engine = engine
+        self._store = store
+        self._metrics = metrics
+        self._clock = clock
+        self._decoder = Decoder(settings.mqtt.topic_prefix)
+        self._reject_log = RateLimitedLog(settings.log.reject_log_interval_s)
+        self._error_log = RateLimitedLog(settings.log.reject_log_interval_s)
+        self._pending: list[Effect] = []
+        self._future: asyncio.Future[None] | None = None
+        self._oldest_pending: float | None = None
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._last_terminal_flush = 0.0
+        self._last_snapshot = 0.0
+        self._listeners: list[CommitListener] = []
+        metrics.ingest_lag.set_function(self._lag)
+
+    # ---- intake (synchronous, event loop thread) -----------------------------------
+
+    def on_message(self, topic: str, payload: bytes, qos: int, retained: bool) -> asyncio.Future[None] | None:
+        """MessageSink: decide now, persist in the next batch; QoS 1 waits for that commit."""
+        now = self._clock()
+        decoded = self._decoder.decode(topic, payload, now, retained)
+        if isinstance(decoded, Rejection):
+            self._reject(decoded, now)
+        else:
+            self._metrics.received.labels(type=decoded.kind).inc()
+            try:
+                self._add(self._engine.apply(decoded), now)
+            except Exception:  # noqa: BLE001 - one bad message must never stop the daemon
+                self._metrics.processing_errors.inc()
+                if self._error_log.should_log(decoded.kind)[0]:
+                    log.exception("processing a message failed", topic=topic, kind=decoded.kind)
+        if qos == 0:
+            return None
+        self._mark_pending(now)
+        return self._batch_future()
+
+    def submit(self, effects: Sequence[Effect]) -> asyncio.Future[None]:
+        """Queue effects decided outside the message flow (API actions, sweeps)."""
+        now = self._clock()
+        self._add(effects, now)
+        self._mark_pending(now)
+        return self._batch_future()
+
+    def add_commit_listener(self, listener: CommitListener) -> None:
+        """Called with each committed batch's effects (notifications, metrics)."""
+        self._listeners.append(listener)
+
+    def _reject(self, rejection: Rejection, now: float) -> None:
+        self._metrics.rejected.labels(reason=rejection.reason).inc()
+        should, suppressed = self._reject_log.should_log(rejection.reason)
+        if should:
+            # The payload is never logged; for `pan` the decoder's detail holds no digits.
+            log.warning(
+                "message rejected", reason=rejection.reason, topic=rejection.topic,
+                detail=rejection.detail, suppressed_since_last=suppressed,
+            )
+        if self._settings.store.dead_letters_kept:
+            self._add([DeadLetter(
+                topic=rejection.topic, reason=rejection.reason, detail=rejection.detail,
+                received_at=now, payload_excerpt=rejection.payload_excerpt,
+            )], now)
+
+    def _add(self, effects: Sequence[Effect], now: float) -> None:
+        if effects:
+            self._pending.extend(effects)
+            self._mark_pending(now)
+
+    def _mark_pending(self, now: float) -> None:
+        if self._oldest_pending is None:
+            self._oldest_pending = now
+        self._wake.set()
+
+    def _batch_future(self) -> asyncio.Future[None]:
+        if self._future is None:
+            self._future = asyncio.get_running_loop().create_future()
+        return self._future
+
+    def _lag(self) -> float:
+        oldest = self._oldest_pending
+        return 0.0 if oldest is None else max(0.0, self._clock() - oldest)
+
+    # ---- the writer task -------------------------------------------------------------
+
+    async def run_writer(self) -> None:
+        """Commit pending effects every flush interval; on close, drain and return."""
+        flush_s = self._settings.store.flush_interval_ms / 1000
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._closing:
+                await asyncio.sleep(flush_s)
+            await self.flush()
+            if self._closing and not self._pending and self._future is None:
+                return
+
+    async def flush(self, *, all_terminals: bool = False) -> None:
+        """One store transaction with everything pending, then release its acknowledgements."""
+        effects, future = self._pending, self._future
+        self._pending, self._future, self._oldest_pending = [], None, None
+        self._metrics.store_queue.set(0)
+        now = self._clock()
+        terminals: list[TerminalRecord] = []
+        if all_terminals or self._closing or now - self._last_terminal_flush >= self._settings.store.terminal_flush_s:
+            terminals = self._engine.take_dirty_terminals()
+            self._last_terminal_flush = now
+        batches = self._engine.take_dirty_batches()
+        if not (effects or terminals or batches):
+            if future is not None:
+                future.set_result(None)
+            return
+        started = time.perf_counter()
+        try:
+            await self._store.write(effects, terminals, batches)
+        except BaseException as exc:
+            if future is not None and not future.done():
+                future.set_exception(exc)
+                future.exception()  # mark retrieved: the writer task re-raises it
+            raise
+        self._metrics.store_write.observe(time.perf_counter() - started)
+        if future is not None:
+            future.set_result(None)
+        self._after_commit(effects)
+
+    def _after_commit(self, effects: Sequence[Effect]) -> None:
+        now = self._clock()
+        for effect in effects:
+            if isinstance(effect, IncidentWrite):
+                self._count_incident(effect, now)
+        for listener in self._listeners:
+            try:
+                listener(effects)
+            except Exception:  # noqa: BLE001 - a listener bug must not stop persistence
+                log.exception("commit listener failed")
+
+    def _count_incident(self, write: IncidentWrite, now: float) -> None:
+        incident, event = write.incident, write.event
+        if event.type in ("opened", "reopened"):
+            self._metrics.opened.labels(kind=incident.kind, scope=incident.scope).inc()
+            if write.detected_from is not None:
+                self._metrics.detection_latency.labels(kind=incident.kind).observe(
+                    max(0.0, now - write.detected_from)
+                )
+        elif event.type == "resolved":
+            self._metrics.resolved.labels(kind=incident.kind, scope=incident.scope).inc()
+            self._metrics.incident_duration.labels(kind=incident.kind).observe(
+                max(0.0, event.at - incident.opened_at)
+            )
+
+    # ---- the sweeper task ------------------------------------------------------------
+
+    async def run_sweeper(self) -> None:
+        """Let time pass in the engine: silence, deadlines, hysteresis, windows."""
+        period = self._settings.detect.intervals(self._settings.detect.sweep_intervals)
+        while not self._closing:
+            await asyncio.sleep(period)
+            self.sweep()
+
+    def sweep(self) -> None:
+        now = self._clock()
+        try:
+            self._add(self._engine.tick(now), now)
+        except Exception:  # noqa: BLE001 - a sweep bug must not stop ingest
+            self._metrics.processing_errors.inc()
+            if self._error_log.should_log("tick")[0]:
+                log.exception("engine tick failed")
+        if now - self._last_snapshot >= 1.0:
+            self.refresh_snapshot(now)
+
+    def refresh_snapshot(self, now: float) -> None:
+        """Swap in a fresh immutable snapshot for the metrics collector."""
+        self._last_snapshot = now
+        snap = self._engine.snapshot(now)
+        self._metrics.snapshot = GaugeSnapshot(
+            terminals=snap.terminals,
+            incidents_open=snap.incidents_open,
+            incidents_pageable=snap.incidents_pageable,
+            unsettled_minor=snap.unsettled_minor,
+            oldest_unsettled_age_s=snap.oldest_unsettled_age_s,
+            gaps_open=snap.gaps_open,
+        )
+        self._metrics.store_queue.set(len(self._pending))
+
+    # ---- shutdown --------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Stop deciding on time; the writer drains what is pending and returns."""
+        self._closing = True
+        self._wake.set()

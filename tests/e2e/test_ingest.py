@@ -1,0 +1,182 @@
+"""End to end through a real Mosquitto: the daemon ingests, rejects, persists and recovers."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+import urllib.error
+from pathlib import Path
+
+import pytest
+
+from tests.publish import Publisher, batch, heartbeat, publisher, settlement, state, txn
+from tests.services import Broker, Daemon, wait_until
+
+pytestmark = pytest.mark.broker
+
+PAN = "4111111111111111"  # a Luhn-valid test card number
+
+
+def db_rows(path: Path, sql: str) -> list[tuple[object, ...]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
+        return list(conn.execute(sql))
+
+
+def terminal_or_none(daemon: Daemon, tid: str) -> dict[str, object] | None:
+    try:
+        found: dict[str, object] = daemon.get(f"/api/v1/terminals/{tid}")
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    return found
+
+
+def test_every_payload_type_is_applied_and_counted(daemon: Daemon, broker: Broker) -> None:
+    """Each of the five message types is accepted, counted by type and lands in state or store."""
+    daemon.start()
+    with publisher(broker.url, daemon.prefix) as pub:
+        pub.send("term/T1/state", state("T1"), retain=False)
+        pub.send("term/T1/heartbeat", heartbeat("T1", "M9", seq=5, model="P60", fw="3.0.2"))
+        pub.send("term/T1/txn", txn("T1", "T1-0001", "M9"))
+        pub.send("term/T1/batch", batch("T1", "M9"))
+        pub.send("host/settlement", settlement("T1", "M9"))
+    for kind in ("heartbeat", "txn", "batch", "state", "settlement"):
+        wait_until(lambda k=kind: daemon.metric("fleetwatch_messages_received_total", type=k) >= 1, what=kind)
+    term = wait_until(lambda: terminal_or_none(daemon, "T1"), what="terminal T1")
+    assert (term["merchant_id"], term["model"], term["fw"], term["seq"]) == ("M9", "P60", "3.0.2", 5)
+    assert daemon.stop() == 0
+    assert db_rows(daemon.db_path, "select terminal_id, txn_id, amount_minor from transactions") == [
+        ("T1", "T1-0001", 12800)
+    ]
+    assert len(db_rows(daemon.db_path, "select * from settlements")) == 1
+    assert db_rows(daemon.db_path, "select model, fw from terminals where terminal_id='T1'") == [("P60", "3.0.2")]
+
+
+BAD_MESSAGES = [
+    ("json", "term/R1/heartbeat", b"{not json"),
+    ("schema", "term/R1/heartbeat", json.dumps({"v": 1, "terminal_id": "R1", "merchant_id": "M1", "ts": 1})),
+    ("version", "term/R1/heartbeat", json.dumps({**heartbeat("R1"), "v": 2})),
+    ("too_large", "term/R1/heartbeat", json.dumps({**heartbeat("R1"), "app": "x" * 9000})),
+    ("topic", "term/" + "X" * 40 + "/heartbeat", json.dumps(heartbeat("X" * 40))),
+    ("spoof", "term/R1/heartbeat", json.dumps(heartbeat("R2"))),
+    ("pan", "term/R1/txn", json.dumps(txn("R1", "R1-1", outcome="error",
+                                          error={"stage": "read", "code": "E1", "detail": f"card {PAN}"}))),
+]
+
+
+def test_each_rejection_reason_is_counted_kept_and_applies_nothing(daemon: Daemon, broker: Broker) -> None:
+    """Every reason of the closed set is produced, counted, dead-lettered (PAN never kept), and changes nothing."""
+    daemon.start()
+    with publisher(broker.url, daemon.prefix) as pub:
+        for _reason, suffix, payload in BAD_MESSAGES:
+            pub.send(suffix, payload)
+    for reason, _suffix, _payload in BAD_MESSAGES:
+        wait_until(lambda r=reason: daemon.metric("fleetwatch_messages_rejected_total", reason=r) == 1, what=reason)
+    assert daemon.metric("fleetwatch_messages_received_total") == 0
+    # the spoof named R2 in a message on R1's topic: neither terminal exists
+    assert terminal_or_none(daemon, "R1") is None
+    assert terminal_or_none(daemon, "R2") is None
+    assert daemon.stop() == 0
+    letters = db_rows(daemon.db_path, "select reason, payload_excerpt from dead_letters order by id")
+    assert sorted(r for r, _ in letters) == sorted(r for r, _, _ in BAD_MESSAGES)
+    assert dict(letters)["pan"] is None
+    assert dict(letters)["json"] == "{not json"
+
+
+def test_pan_appears_nowhere_and_long_ids_are_not_pans(daemon: Daemon, broker: Broker) -> None:
+    """A PAN is in neither the store files nor the logs; IDs and ts with long digit runs are accepted."""
+    daemon.start()
+    with publisher(broker.url, daemon.prefix) as pub:
+        pub.send("term/P1/txn", txn("P1", "P1-1", error={"stage": "print", "code": "x",
+                                                         "detail": "4111-1111-1111-1111"}))
+        # 15-digit Luhn-valid merchant-id-like and rrn digit runs, and a 13-digit ts: all legitimate
+        pub.send("term/P2/txn", txn("P2", "P2-000000000000913", "490154203237518",
+                                    rrn="411111111111", stan="411111"))
+    wait_until(lambda: daemon.metric("fleetwatch_messages_rejected_total", reason="pan") == 1, what="pan reject")
+    wait_until(lambda: daemon.metric("fleetwatch_messages_received_total", type="txn") == 1, what="valid txn")
+    assert daemon.stop() == 0
+    for file in daemon.workdir.iterdir():
+        if file.is_file():
+            content = file.read_bytes()
+            assert PAN.encode() not in content, file.name
+            assert b"4111-1111-1111-1111" not in content, file.name
+    assert "P1" in daemon.logs()  # the rejection was logged, with its topic
+    assert db_rows(daemon.db_path, "select txn_id from transactions") == [("P2-000000000000913",)]
+
+
+def test_redelivered_txn_after_restart_is_stored_and_tallied_once(daemon: Daemon, broker: Broker) -> None:
+    """A QoS 1 txn queued while the daemon was down arrives once; its repeat after restart is not re-applied."""
+    daemon.start()
+    daemon.stop()
+    with publisher(broker.url, daemon.prefix) as pub:
+        pub.send("term/D1/txn", txn("D1", "D1-7", amount_minor=500))  # queued by the broker for our session
+        daemon.start()
+        wait_until(lambda: daemon.metric("fleetwatch_messages_received_total", type="txn") == 1, what="queued txn")
+        pub.send("term/D1/txn", txn("D1", "D1-7", amount_minor=500))  # the same txn_id again
+        wait_until(lambda: daemon.metric("fleetwatch_messages_received_total", type="txn") == 2, what="repeat")
+    assert daemon.stop() == 0
+    assert db_rows(daemon.db_path, "select count(*) from transactions") == [(1,)]
+    assert db_rows(daemon.db_path, "select tally_count, tally_amount_minor from batches") == [(1, 500)]
+
+
+def test_broker_restart_is_survived_without_restarting_the_daemon(tmp_path: Path, prefix: str) -> None:
+    """With its own broker stopped and started again, the daemon reconnects, counts it and ingests again."""
+    own = Broker(tmp_path / "broker")
+    (tmp_path / "broker").mkdir()
+    own.start()
+    daemon = Daemon(tmp_path, own.url, prefix=prefix, client_id="fw-reconnect")
+    try:
+        daemon.start()
+        assert daemon.metric("fleetwatch_mqtt_connected") == 1
+        own.stop()
+        wait_until(lambda: daemon.metric("fleetwatch_mqtt_connected") == 0, what="disconnect seen")
+        own.start()
+        wait_until(lambda: daemon.metric("fleetwatch_mqtt_connected") == 1, timeout=20, what="reconnected")
+        assert daemon.metric("fleetwatch_mqtt_reconnects_total") >= 1
+        with publisher(own.url, prefix) as pub:
+            pub.send("term/B1/heartbeat", heartbeat("B1"))
+        wait_until(lambda: terminal_or_none(daemon, "B1"), what="heartbeat after reconnect")
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc is not None:
+            daemon.kill()
+        own.stop()
+
+
+def test_sigterm_in_flight_loses_nothing_acknowledged(daemon: Daemon, broker: Broker) -> None:
+    """SIGTERM amid a QoS 1 burst exits 0 quickly; after a restart every txn is stored exactly once."""
+    total = 3000
+    daemon.start()
+    pub = Publisher(broker.url, daemon.prefix)
+    try:
+        for i in range(total):
+            pub.send(f"term/S{i % 50}/txn", txn(f"S{i % 50}", f"S-{i}"), wait=False)
+        time.sleep(0.05)
+        started = time.monotonic()
+        assert daemon.stop(signal.SIGTERM) == 0
+        assert time.monotonic() - started < 5
+        pub.flush()  # the broker has every message (queued for our persistent session if unacknowledged)
+        daemon.start()
+        wait_until(lambda: db_rows(daemon.db_path, "select count(*) from transactions") == [(total,)],
+                   timeout=30, what="all txns stored")
+    finally:
+        pub.close()
+    assert daemon.stop() == 0
+    assert db_rows(daemon.db_path, "select count(distinct txn_id), count(*) from transactions") == [(total, total)]
+
+
+def test_state_survives_a_kill(daemon: Daemon, broker: Broker) -> None:
+    """After SIGKILL, the restarted daemon still knows the terminals it had seen (loaded from the store)."""
+    daemon.start()
+    with publisher(broker.url, daemon.prefix) as pub:
+        for i in range(20):
+            pub.send(f"term/K{i}/heartbeat", heartbeat(f"K{i}", "MK", seq=3))
+    wait_until(lambda: terminal_or_none(daemon, "K19"), what="K19 seen")
+    time.sleep(3)  # terminal state is flushed coalesced (store.terminal_flush_s = 2 s)
+    daemon.kill()
+    daemon.start()
+    term = terminal_or_none(daemon, "K7")
+    assert term is not None and term["merchant_id"] == "MK" and term["seq"] == 3

@@ -1,0 +1,232 @@
+"""Real services for the tests: a Mosquitto broker and the fleetwatch daemon as processes.
+
+Each test session starts its own broker on a free loopback port with a config written
+here, so CI and a developer's machine behave the same whatever else runs on 1883.
+The daemon runs as a real subprocess (``python -m fleetwatch run``) so tests can send it
+SIGTERM or SIGKILL exactly as systemd or a crash would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def mosquitto_binary() -> str:
+    found = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None)
+    if not found:
+        raise RuntimeError("mosquitto is not installed: run `apt-get install -y mosquitto` (scripts/test does)")
+    return found
+
+
+@dataclass
+class Broker:
+    """A private Mosquitto; ``restart()`` keeps the port and the persistence file."""
+
+    workdir: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {self.workdir}/\n"
+            "max_queued_messages 1000000\n"
+            "max_inflight_messages 1000\n"
+            "log_dest none\n",
+            encoding="utf-8",
+        )
+        self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+
+@dataclass
+class Daemon:
+    """``fleetwatch run`` in a subprocess with a config written for the test."""
+
+    workdir: Path
+    broker_url: str
+    prefix: str = "fleet/v1"
+    token: str = "test-token"
+    client_id: str = "fleetwatch-test"
+    overrides: dict[str, dict[str, Any]] = field(default_factory=dict)
+    http_port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def db_path(self) -> Path:
+        return self.workdir / "fleetwatch.db"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "daemon.log"
+
+    def config_text(self) -> str:
+        sections: dict[str, dict[str, Any]] = {
+            "mqtt": {"url": self.broker_url, "topic_prefix": self.prefix, "client_id": self.client_id,
+                     "reconnect_max_s": 1.0},
+            "store": {"url": f"sqlite:///{self.db_path}"},
+            "http": {"listen": f"127.0.0.1:{self.http_port}", "api_token": self.token},
+            "log": {"format": "json", "reject_log_interval_s": 0},
+        }
+        for section, values in self.overrides.items():
+            sections.setdefault(section, {}).update(values)
+        lines: list[str] = []
+        for section, values in sections.items():
+            lines.append(f"[{section}]")
+            lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        return "\n".join(lines) + "\n"
+
+    def start(self, *, wait_ready: bool = True) -> None:
+        config = self.workdir / "fleetwatch.toml"
+        config.write_text(self.config_text(), encoding="utf-8")
+        log = self.log_path.open("ab")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
+        self.proc = subprocess.Popen([sys.executable, "-m", "fleetwatch", "run", "--config", str(config)],
+                                     stdout=log, stderr=log, env=env)
+        if wait_ready:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                with urllib.request.urlopen(f"{self.api}/readyz", timeout=1) as r:
+                    if r.status == 200:
+                        return
+            time.sleep(0.05)
+        raise TimeoutError(f"daemon not ready:\n{self.logs()[-3000:]}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=timeout)
+        self.proc = None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, *, auth: bool = True) -> Any:
+        req = urllib.request.Request(f"{self.api}{path}",
+                                     headers={"Authorization": f"Bearer {self.token}"} if auth else {})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            body = r.read()
+            return json.loads(body) if r.headers.get_content_type() == "application/json" else body.decode()
+
+    def post(self, path: str, body: Any = None, method: str = "POST") -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(f"{self.api}{path}", data=data, method=method,
+                                     headers={"Authorization": f"Bearer {self.token}",
+                                              "Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return json.loads(r.read())
+
+    def incidents(self, **query: str) -> list[dict[str, Any]]:
+        params = {"status": "all", "limit": "1000", **query}
+        items: list[dict[str, Any]] = []
+        cursor = None
+        while True:
+            qs = "&".join(f"{k}={v}" for k, v in ({**params, "cursor": cursor} if cursor else params).items())
+            page = self.get(f"/api/v1/incidents?{qs}")
+            items += page["items"]
+            cursor = page["next_cursor"]
+            if not cursor:
+                return items
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` whose labels include ``labels``."""
+        text = self.get("/metrics", auth=False)
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            head, _, value = line.rpartition(" ")
+            metric_name, _, label_text = head.partition("{")
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                total += float(value)
+        return total
+
+
+def wait_until(predicate: Any, timeout: float = 15.0, interval: float = 0.1, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns a truthy value (returned), or fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out waiting for {what}; last value: {last!r}")
+
+
+@contextlib.contextmanager
+def running(daemon: Daemon) -> Iterator[Daemon]:
+    daemon.start()
+    try:
+        yield daemon
+    finally:
+        if daemon.proc is not None:
+            with contextlib.suppress(Exception):
+                daemon.stop()
