@@ -111,6 +111,27 @@ class DetectSettings(_Section):
     fleet_share_for_group: float = Field(default=0.9, gt=0, le=1)
     merchant_min_terminals: int = Field(default=2, ge=2)
     merchant_min_share: float = Field(default=0.8, gt=0, le=1)
+    evidence_update_intervals: float = Field(default=1, ge=0)
+    """An open incident's evidence-only changes are written at most this often."""
+    flap_silence_intervals: float = Field(default=1.5, gt=1)
+    """A terminal back from offline is watched for this long a silence while its incident
+    clears (hysteresis): missing a beat then counts as a flap of the same incident."""
+    print_error_min: int = Field(default=2, ge=1)
+    """Print-stage errors within a correlation window before ``print_errors`` opens."""
+    reader_default_baseline: float = Field(default=0.02, ge=0, lt=1)
+    """Failing share assumed until a terminal's own healthy baseline is learned."""
+    upstream_hold_fraction: float = Field(default=0.1, gt=0, le=1)
+    """An upstream incident counts as still failing while at least this fraction of its
+    peak (and at least one terminal) still fails."""
+    group_concentration: float = Field(default=0.25, gt=0, le=1)
+    """A group explains a wave when the rest of the fleet fails at most this fraction as often."""
+    upstream_baseline_alpha: float = Field(default=0.05, ge=0, le=1)
+    """Smoothing of the fleet's normal failing-terminal count (per correlation window)."""
+    merchant_parent_kinds: tuple[str, ...] = ("network", "config")
+    """Kinds whose terminal incidents can share a merchant-scope parent (a shop's link or
+    acquirer setup); settlement_gap has its own merchant rule."""
+    recent_txn_keys: int = Field(default=200_000, ge=0)
+    """How many (terminal_id, txn_id) are remembered to drop QoS 1 redeliveries."""
     processors: dict[str, dict[str, str]] = Field(default_factory=dict)
     """Extra response-code attributions per processor: {processor: {rc: blame}}."""
     processor: str | None = None
@@ -126,6 +147,12 @@ class SettlementSettings(_Section):
     settlement_deadline_s: float = Field(default=172800, gt=0)
     saf_max_age_s: float = Field(default=4 * 3600, gt=0)
     sweep_s: float = Field(default=1.0, gt=0)
+    void_lookup_per_batch: int = Field(default=1000, ge=0)
+    """Refunds and preauths remembered per open batch so a later void can reverse them
+    exactly (a voided sale is reversed by the void's own amount, so sales need no memory)."""
+    done_keys_kept: int = Field(default=100_000, ge=0)
+    """Recently finished batches remembered so a re-sent BatchClose or Settlement for
+    them is not mistaken for a new, empty batch."""
 
 
 class LogSettings(_Section):

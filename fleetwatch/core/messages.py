@@ -15,10 +15,10 @@ from typing import Annotated, Literal
 
 import msgspec
 
-IdStr = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9.\-]{1,32}$")]
+IdStr = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9.\-]{1,32}\Z")]
 """terminal_id / merchant_id: 1 to 32 characters of ``A-Z a-z 0-9 - .``."""
 
-Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}$")]
+Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
 """ISO 4217 alphabetic code."""
 
 EpochMs = Annotated[int, msgspec.Meta(ge=0)]
@@ -97,7 +97,7 @@ class TxnResult(msgspec.Struct, frozen=True):
     rrn: Annotated[str, msgspec.Meta(max_length=24)] | None = None
     entry: Entry | None = None
     card_ref: Annotated[str, msgspec.Meta(max_length=16)] | None = None
-    rc: Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Za-z]{2}$")] | None = None
+    rc: Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Za-z]{2}\Z")] | None = None
     error: TxnError | None = None
     offline: bool | None = None
     orig_txn_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
@@ -127,7 +127,7 @@ class Settlement(msgspec.Struct, frozen=True):
     merchant_id: IdStr
     terminal_id: IdStr
     batch_no: Annotated[int, msgspec.Meta(ge=0)]
-    business_date: Annotated[str, msgspec.Meta(pattern=r"^\d{4}-\d{2}-\d{2}$")]
+    business_date: Annotated[str, msgspec.Meta(pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}\Z")]
     settled_count: Annotated[int, msgspec.Meta(ge=0)]
     settled_amount_minor: int
     currency: Currency
