@@ -1,0 +1,202 @@
+"""Topic + bytes -> Envelope | Rejection: the only gate between the broker and the core.
+
+Every message passes here once, so the accepted path is kept to: one topic parse, one
+length check, one bytes regex (the PAN prefilter), an ASCII test and one typed msgspec
+decode with a decoder built once per message type. Anything slower (the generic parse
+that tells ``version`` from ``schema`` from ``json``) runs only after the typed decode
+has already failed.
+
+Checks run in the contract's order, and the first that fails names the reason:
+``topic`` -> ``too_large`` -> ``pan`` -> ``json`` -> ``version`` -> ``schema`` ->
+``spoof``. ``pan`` comes before everything that reads the payload, so a message with a
+card number is rejected as ``pan`` whatever else is wrong with it and nothing of it
+(no excerpt, no digit in the detail) leaves this module.
+
+``decode`` never raises, for any bytes on any topic: a daemon must not die on a
+terminal's bad firmware.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import msgspec
+
+from fleetwatch.core import pan
+from fleetwatch.core.messages import (
+    BatchClose,
+    Envelope,
+    Heartbeat,
+    Message,
+    MessageType,
+    Settlement,
+    StateMsg,
+    TxnResult,
+)
+from fleetwatch.core.model import DeadLetter
+
+RejectReason = Literal["json", "schema", "version", "too_large", "topic", "spoof", "pan"]
+REJECT_REASONS: Final[tuple[RejectReason, ...]] = (
+    "json", "schema", "version", "too_large", "topic", "spoof", "pan",
+)
+"""Every value of ``fleetwatch_messages_rejected_total{reason}``, so all can start at 0."""
+
+EXCERPT_CHARS: Final = 256
+
+_TERM_LEAVES: Final[dict[str, MessageType]] = {
+    "heartbeat": "heartbeat", "txn": "txn", "batch": "batch", "state": "state",
+}
+_TYPES: Final[dict[MessageType, type[Message]]] = {
+    "heartbeat": Heartbeat, "txn": TxnResult, "batch": BatchClose, "state": StateMsg,
+    "settlement": Settlement,
+}
+_PAN_DETAIL: Final = "a string value holds a card number candidate; payload discarded"
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why a message was not accepted, safe to count, log and dead-letter.
+
+    ``detail`` never quotes the payload. ``payload_excerpt`` is the payload's first
+    characters (UTF-8, invalid bytes replaced, PAN candidates masked) for an operator
+    to see what firmware sent; it is always ``None`` for ``pan``. ``terminal_id`` comes
+    from the topic, never from the payload (which may be lying), and is ``None`` for
+    the settlement topic and for a topic that did not parse. For reason ``topic`` the
+    topic itself is truncated and masked like an excerpt: it is untrusted input too.
+    """
+
+    reason: RejectReason
+    detail: str
+    topic: str
+    terminal_id: str | None = None
+    payload_excerpt: str | None = None
+
+    def dead_letter(self, received_at: float) -> DeadLetter:
+        """The store effect for this rejection."""
+        return DeadLetter(
+            topic=self.topic,
+            reason=self.reason,
+            detail=self.detail,
+            received_at=received_at,
+            payload_excerpt=None if self.reason == "pan" else self.payload_excerpt,
+        )
+
+
+def excerpt(data: bytes | str) -> str:
+    """First :data:`EXCERPT_CHARS` characters with PAN candidates masked.
+
+    Masks before truncating, so a card number cut by the truncation is still masked;
+    only a bounded head is decoded, so a huge ``too_large`` payload costs nothing.
+    """
+    head = data[: EXCERPT_CHARS * 8]
+    text = head.decode("utf-8", errors="replace") if isinstance(head, bytes) else head
+    return pan.redact(text)[:EXCERPT_CHARS]
+
+
+def _is_version_1(v: object) -> bool:
+    return type(v) is int and v == 1
+
+
+def _schema_detail(exc: msgspec.DecodeError) -> str:
+    """msgspec's message minus any payload value it quotes (enum mismatches do)."""
+    text = str(exc)
+    head, sep, path = text.rpartition(" - at `")
+    if not sep:
+        head, path = text, ""
+    if head.startswith("Invalid enum value"):
+        head = "Invalid enum value"
+    return f"{head}{sep}{path}"[:200]
+
+
+class Decoder:
+    """Decodes one MQTT message against the contract's topics and payloads.
+
+    Holds only immutable, precomputed state (the topic pattern, one typed msgspec decoder
+    per message type), so one instance serves the whole daemon.
+    """
+
+    __slots__ = ("_decoders", "_max_bytes", "_settlement_topic", "_term_topic")
+
+    def __init__(self, prefix: str, max_bytes: int = 8192) -> None:
+        prefix = prefix.rstrip("/")
+        # One fullmatch both parses and validates a terminal topic: cheaper than split + check.
+        self._term_topic = re.compile(
+            rf"{re.escape(prefix)}/term/([A-Za-z0-9.\-]{{1,32}})/(heartbeat|txn|batch|state)"
+        )
+        self._settlement_topic = f"{prefix}/host/settlement"
+        self._max_bytes = max_bytes
+        self._decoders: dict[MessageType, msgspec.json.Decoder[Message]] = {
+            kind: msgspec.json.Decoder(cls) for kind, cls in _TYPES.items()
+        }
+
+    def route(self, topic: str) -> tuple[MessageType, str | None] | None:
+        """(message type, terminal id from the topic) or None for a foreign topic."""
+        if topic == self._settlement_topic:
+            return "settlement", None
+        m = self._term_topic.fullmatch(topic)
+        if m is None:
+            return None
+        terminal_id: str = m.group(1)
+        return _TERM_LEAVES[m.group(2)], terminal_id
+
+    def decode(self, topic: str, payload: bytes, received_at: float, retained: bool) -> Envelope | Rejection:
+        """Accept the message as an :class:`Envelope` or say why not; never raises."""
+        route = self.route(topic)
+        if route is None:
+            return Rejection("topic", "not a fleetwatch topic", excerpt(topic), None, excerpt(payload))
+        kind, terminal_id = route
+        if len(payload) > self._max_bytes:
+            detail = f"payload of {len(payload)} bytes exceeds the {self._max_bytes}-byte limit"
+            return Rejection("too_large", detail, topic, terminal_id, excerpt(payload))
+        has_pan = pan.payload_has_pan(payload)
+        if has_pan:
+            return Rejection("pan", _PAN_DETAIL, topic, terminal_id, None)
+        if has_pan is None or not _is_utf8(payload):
+            detail = "not parseable as UTF-8 JSON (malformed, bad UTF-8 or nested too deeply)"
+            return Rejection("json", detail, topic, terminal_id, excerpt(payload))
+        try:
+            msg = self._decoders[kind].decode(payload)
+        except (msgspec.DecodeError, RecursionError) as exc:
+            return self._classify(exc, topic, terminal_id, payload)
+        if msg.v != 1:
+            return Rejection("version", "schema version is not 1", topic, terminal_id, excerpt(payload))
+        if terminal_id is not None and msg.terminal_id != terminal_id:
+            detail = "payload terminal_id differs from the topic's"
+            return Rejection("spoof", detail, topic, terminal_id, excerpt(payload))
+        return Envelope(kind=kind, msg=msg, received_at=received_at, retained=retained)
+
+    @staticmethod
+    def _classify(
+        exc: msgspec.DecodeError | RecursionError, topic: str, terminal_id: str | None, payload: bytes
+    ) -> Rejection:
+        """Name the reason a typed decode failed; off the hot path (one generic parse)."""
+        snippet = excerpt(payload)
+        try:
+            doc = msgspec.json.decode(payload)
+        except msgspec.DecodeError as err:
+            return Rejection("json", str(err)[:200], topic, terminal_id, snippet)
+        except RecursionError:
+            return Rejection("json", "JSON nested too deeply", topic, terminal_id, snippet)
+        if not isinstance(doc, dict):
+            return Rejection("schema", "payload is not a JSON object", topic, terminal_id, snippet)
+        if "v" in doc and not _is_version_1(doc["v"]):
+            return Rejection("version", "schema version is not 1", topic, terminal_id, snippet)
+        if isinstance(exc, RecursionError):
+            return Rejection("schema", "JSON nested too deeply", topic, terminal_id, snippet)
+        return Rejection("schema", _schema_detail(exc), topic, terminal_id, snippet)
+
+
+def _is_utf8(payload: bytes) -> bool:
+    """The typed decode skips unknown fields without validating them, so check here.
+
+    ``isascii`` is a few nanoseconds for the usual all-ASCII payload.
+    """
+    if payload.isascii():
+        return True
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
