@@ -79,9 +79,10 @@ async def run_daemon(settings: Settings) -> int:
 
 async def _run_with_store(settings: Settings, store: SqliteStore, started: float) -> int:
     engine = Engine(settings.detect, settings.settlement)
+    open_incidents = await store.load_open_incidents()
     engine.restore(
         await store.load_terminals(),
-        await store.load_open_incidents(),
+        open_incidents,
         await store.load_open_batches(),
         await store.load_recent_txn_keys(RECENT_TXN_KEYS),
         time.time(),
@@ -90,12 +91,13 @@ async def _run_with_store(settings: Settings, store: SqliteStore, started: float
     metrics = Metrics()
     pipeline = Pipeline(settings, engine, store, metrics)
     pipeline.refresh_snapshot(time.time())
-    source = GmqttSource(
-        settings.mqtt,
-        on_connected_change=lambda up: (metrics.mqtt_connected.set(1 if up else 0),
-                                        log.info("mqtt connection state", connected=up)),
-        on_reconnect=metrics.mqtt_reconnects.inc,
-    )
+
+    def connection_changed(up: bool) -> None:
+        metrics.mqtt_connected.set(1 if up else 0)
+        log.info("mqtt connection state", connected=up)
+
+    source = GmqttSource(settings.mqtt, on_connected_change=connection_changed,
+                         on_reconnect=metrics.mqtt_reconnects.inc)
 
     async def commit(effects: list[Effect]) -> None:
         await pipeline.submit(effects)
@@ -107,7 +109,7 @@ async def _run_with_store(settings: Settings, store: SqliteStore, started: float
     host, port = settings.http.host_port
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                          lifespan="off"))
-    notifier = AlertmanagerNotifier(settings.notify, engine) if settings.notify.alertmanager_url else None
+    notifier = AlertmanagerNotifier(settings.notify, open_incidents) if settings.notify.alertmanager_url else None
     if notifier is not None:
         pipeline.add_commit_listener(notifier.on_commit)
 
@@ -126,7 +128,7 @@ async def _run_with_store(settings: Settings, store: SqliteStore, started: float
         tasks.add(asyncio.create_task(notifier.run(), name="notifier"))
     stopper = asyncio.create_task(stop.wait(), name="signal")
     done, _ = await asyncio.wait(tasks | {stopper}, return_when=asyncio.FIRST_COMPLETED)
-    failure = next((t for t in done if t is not stopper and not t.cancelled() and t.exception()), None)
+    failure = next((t for t in tasks if t in done and not t.cancelled() and t.exception()), None)
     if failure is not None:
         log.error("fatal error, stopping", task=failure.get_name(), error=repr(failure.exception()))
     else:

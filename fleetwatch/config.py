@@ -9,6 +9,7 @@ Precedence, highest first: environment, TOML file, defaults.
 
 from __future__ import annotations
 
+import json
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
@@ -21,7 +22,8 @@ from fleetwatch.errors import ConfigError
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # Attribute docstrings become field descriptions: the example config is generated from them.
+    model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
 
 
 class MqttSettings(_Section):
@@ -233,3 +235,44 @@ def _mask_url(url: str) -> str:
         return url
     netloc = parts.netloc.replace(f":{parts.password}@", ":**********@")
     return parts._replace(netloc=netloc).geturl()
+
+
+def render_example() -> str:
+    """Every setting with its default and its docstring: deploy/fleetwatch.example.toml.
+
+    Generated from the models so the example can never drift from the code (a test
+    compares the committed file with this output).
+    """
+    lines = [
+        "# fleetwatch settings: every key with its default. Copy, keep what you change.",
+        "# Any key can also be set from the environment: FLEETWATCH_<SECTION>__<KEY>.",
+        "# Detection durations are multiples of detect.heartbeat_interval_s.",
+    ]
+    defaults = Settings.model_construct()
+    for section_name, section_field in Settings.model_fields.items():
+        section = getattr(defaults, section_name)
+        lines += ["", f"[{section_name}]"]
+        for name, field in type(section).model_fields.items():
+            if field.description:
+                lines += [f"# {line}".rstrip() for line in field.description.splitlines()]
+            lines.append(_toml_line(name, getattr(section, name)))
+        del section_field
+    return "\n".join(lines) + "\n"
+
+
+def _toml_line(name: str, value: Any) -> str:
+    if isinstance(value, SecretStr):
+        value = value.get_secret_value()
+    if value is None:
+        return f"# {name} = (unset)"
+    if isinstance(value, bool):
+        return f"{name} = {'true' if value else 'false'}"
+    if isinstance(value, int | float):
+        return f"{name} = {value!r}"
+    if isinstance(value, str):
+        return f"{name} = {json.dumps(value)}"
+    if isinstance(value, tuple | list):
+        return f"{name} = [{', '.join(json.dumps(v) for v in value)}]"
+    if isinstance(value, dict):
+        return f"{name} = {{}}" if not value else f"# {name}: see docs"
+    raise TypeError(f"cannot render {name}={value!r}")

@@ -12,20 +12,30 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 import structlog
 
 from fleetwatch.adapters.metrics import GaugeSnapshot, Metrics
 from fleetwatch.config import Settings
 from fleetwatch.core.decode import Decoder, Rejection
-from fleetwatch.core.engine import Engine
-from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, IncidentWrite, TerminalRecord
+from fleetwatch.core.messages import Envelope
+from fleetwatch.core.model import BatchRecord, Effect, IncidentWrite, TerminalRecord
 from fleetwatch.logs import RateLimitedLog
 
 log = structlog.get_logger("fleetwatch.pipeline")
 
 CommitListener = Callable[[Sequence[Effect]], None]
+
+
+class Decider(Protocol):
+    """What the pipeline needs of the engine (core/engine.py's Engine)."""
+
+    def apply(self, env: Envelope) -> list[Effect]: ...
+    def tick(self, now: float) -> list[Effect]: ...
+    def take_dirty_terminals(self) -> list[TerminalRecord]: ...
+    def take_dirty_batches(self) -> list[BatchRecord]: ...
+    def snapshot(self, now: float) -> Any: ...
 
 
 class EffectStore(Protocol):
@@ -45,7 +55,7 @@ class Pipeline:
     def __init__(
         self,
         settings: Settings,
-        engine: Engine,
+        engine: Decider,
         store: EffectStore,
         metrics: Metrics,
         *,
@@ -81,7 +91,7 @@ class Pipeline:
             self._metrics.received.labels(type=decoded.kind).inc()
             try:
                 self._add(self._engine.apply(decoded), now)
-            except Exception:  # noqa: BLE001 - one bad message must never stop the daemon
+            except Exception:
                 self._metrics.processing_errors.inc()
                 if self._error_log.should_log(decoded.kind)[0]:
                     log.exception("processing a message failed", topic=topic, kind=decoded.kind)
@@ -111,10 +121,7 @@ class Pipeline:
                 detail=rejection.detail, suppressed_since_last=suppressed,
             )
         if self._settings.store.dead_letters_kept:
-            self._add([DeadLetter(
-                topic=rejection.topic, reason=rejection.reason, detail=rejection.detail,
-                received_at=now, payload_excerpt=rejection.payload_excerpt,
-            )], now)
+            self._add([rejection.dead_letter(now)], now)
 
     def _add(self, effects: Sequence[Effect], now: float) -> None:
         if effects:
@@ -185,7 +192,7 @@ class Pipeline:
         for listener in self._listeners:
             try:
                 listener(effects)
-            except Exception:  # noqa: BLE001 - a listener bug must not stop persistence
+            except Exception:
                 log.exception("commit listener failed")
 
     def _count_incident(self, write: IncidentWrite, now: float) -> None:
@@ -215,7 +222,7 @@ class Pipeline:
         now = self._clock()
         try:
             self._add(self._engine.tick(now), now)
-        except Exception:  # noqa: BLE001 - a sweep bug must not stop ingest
+        except Exception:
             self._metrics.processing_errors.inc()
             if self._error_log.should_log("tick")[0]:
                 log.exception("engine tick failed")

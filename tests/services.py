@@ -146,10 +146,10 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-            with contextlib.suppress(OSError, urllib.error.URLError):
-                with urllib.request.urlopen(f"{self.api}/readyz", timeout=1) as r:
-                    if r.status == 200:
-                        return
+            with contextlib.suppress(OSError, urllib.error.URLError), \
+                    urllib.request.urlopen(f"{self.api}/readyz", timeout=1) as r:
+                if r.status == 200:
+                    return
             time.sleep(0.05)
         raise TimeoutError(f"daemon not ready:\n{self.logs()[-3000:]}")
 

@@ -217,7 +217,7 @@ def build_app(
         return {"status": "not ready"}
 
     @app.get("/api/v1/incidents", dependencies=auth)
-    async def list_incidents(
+    async def list_incidents(  # noqa: PLR0917 - FastAPI reads query parameters from the signature
         status: Literal["open", "acknowledged", "resolved", "all"] = "open",
         kind: str | None = None, terminal_id: str | None = None, merchant_id: str | None = None,
         scope: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: str | None = None,

@@ -32,7 +32,8 @@ _CURRENCY_EXPONENT = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3
 
 def major_units(amount_minor: int, currency: str) -> float:
     """Minor units to major units (fen to yuan) for display in gauges."""
-    return amount_minor / (10 ** _CURRENCY_EXPONENT.get(currency, 2))
+    exponent: int = _CURRENCY_EXPONENT.get(currency, 2)
+    return float(amount_minor) / float(10**exponent)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,8 +171,8 @@ class Metrics:
             "fleetwatch_build_info", "Always 1; the version label says which build runs.", ["version"], registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
-        for kind in MESSAGE_TYPES:
-            self.received.labels(type=kind)
+        for message_type in MESSAGE_TYPES:
+            self.received.labels(type=message_type)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
         for kind in KINDS:

@@ -57,7 +57,7 @@ def alert_for(incident: Incident, *, ends_at: float, generator_url: str = "") ->
 class AlertmanagerNotifier:
     """Keeps the set of pageable incidents and mirrors it into Alertmanager."""
 
-    def __init__(self, settings: NotifySettings, _engine: object = None, initial: Iterable[Incident] = ()) -> None:
+    def __init__(self, settings: NotifySettings, initial: Iterable[Incident] = ()) -> None:
         self._settings = settings
         self._min_rank = SEVERITY_RANK[settings.min_severity]
         self._pageable: dict[str, Incident] = {}
@@ -112,8 +112,8 @@ class AlertmanagerNotifier:
             response = await client.post(endpoint, json=alerts)
             response.raise_for_status()
         except httpx.HTTPError as exc:
+            # Everything stays queued; the next change or resend period tries again.
             log.warning("alertmanager push failed; will retry", error=str(exc), alerts=len(alerts))
-            self._changed.set() if ending else None
             return
         for incident_id in ending:
             self._ending.pop(incident_id, None)

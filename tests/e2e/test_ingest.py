@@ -179,4 +179,6 @@ def test_state_survives_a_kill(daemon: Daemon, broker: Broker) -> None:
     daemon.kill()
     daemon.start()
     term = terminal_or_none(daemon, "K7")
-    assert term is not None and term["merchant_id"] == "MK" and term["seq"] == 3
+    assert term is not None
+    assert term["merchant_id"] == "MK"
+    assert term["seq"] == 3

@@ -1,0 +1,81 @@
+"""Settings: TOML file, environment overrides, the example file, and check-config."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleetwatch.config import Settings, effective_settings, load_settings, render_example
+from fleetwatch.errors import ConfigError
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "deploy" / "fleetwatch.example.toml"
+
+
+def test_example_file_documents_every_setting_with_its_default() -> None:
+    """The shipped example is exactly what the models render, so it lists every key and default."""
+    assert EXAMPLE.read_text(encoding="utf-8") == render_example(), (
+        "deploy/fleetwatch.example.toml is stale: regenerate it with "
+        "`python -c 'from fleetwatch.config import render_example; print(render_example(), end=\"\")'`"
+    )
+    assert load_settings(EXAMPLE) == Settings()
+
+
+def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """FLEETWATCH_<SECTION>__<KEY> wins over the TOML value; other file values stay."""
+    config = tmp_path / "f.toml"
+    config.write_text('[mqtt]\nurl = "mqtt://file:1883"\ntopic_prefix = "from/file"\n', encoding="utf-8")
+    monkeypatch.setenv("FLEETWATCH_MQTT__URL", "mqtts://env:8883")
+    monkeypatch.setenv("FLEETWATCH_DETECT__HEARTBEAT_INTERVAL_S", "15")
+    settings = load_settings(config)
+    assert settings.mqtt.url == "mqtts://env:8883"
+    assert settings.mqtt.topic_prefix == "from/file"
+    assert settings.detect.heartbeat_interval_s == 15
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ('[mqtt]\nurl = "http://x"\n', "mqtt.url"),
+        ('[store]\nurl = "postgres://x"\n', "store.url"),
+        ("[detect]\nheartbeat_interval_s = 0\n", "heartbeat_interval_s"),
+        ("[nonsense]\nx = 1\n", "nonsense"),
+        ("[mqtt\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, fragment: str) -> None:
+    """A bad value, an unknown section or broken TOML raises ConfigError naming the problem."""
+    config = tmp_path / "bad.toml"
+    config.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(config)
+
+
+def test_secrets_are_masked_in_effective_settings() -> None:
+    """Passwords in the MQTT URL and the API token never appear in printed settings."""
+    settings = load_settings(None, {"mqtt": {"url": "mqtt://user:hunter2@broker:1883", "password": "pw2"},
+                                    "http": {"api_token": "tok3n"}})
+    text = json.dumps(effective_settings(settings))
+    assert "hunter2" not in text
+    assert "pw2" not in text
+    assert "tok3n" not in text
+    assert "user:**********@broker" in text
+
+
+def test_check_config_command(tmp_path: Path) -> None:
+    """`fleetwatch check-config` prints the effective settings (exit 0) or the error (exit 2)."""
+    good = tmp_path / "good.toml"
+    good.write_text('[http]\nlisten = "0.0.0.0:9999"\napi_token = "s3cret"\n', encoding="utf-8")
+    ok = subprocess.run([sys.executable, "-m", "fleetwatch", "check-config", str(good)],
+                        capture_output=True, text=True, check=False)
+    assert ok.returncode == 0, ok.stderr
+    printed = json.loads(ok.stdout)
+    assert printed["http"]["listen"] == "0.0.0.0:9999"
+    assert "s3cret" not in ok.stdout
+    missing = subprocess.run([sys.executable, "-m", "fleetwatch", "check-config", str(tmp_path / "nope.toml")],
+                             capture_output=True, text=True, check=False)
+    assert missing.returncode == 2
+    assert "not found" in missing.stderr

@@ -1,0 +1,137 @@
+"""The pipeline's promises, with a fake engine and a fake store: ack only after commit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from fleetwatch.adapters.metrics import Metrics
+from fleetwatch.config import load_settings
+from fleetwatch.core.messages import Envelope
+from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, TerminalRecord
+from fleetwatch.errors import StoreError
+from fleetwatch.logs import RateLimitedLog
+from fleetwatch.pipeline import Pipeline
+from tests.publish import heartbeat, txn
+
+
+class FakeEngine:
+    """Records what it was asked to apply; every txn yields one marker effect."""
+
+    def __init__(self) -> None:
+        self.applied: list[Envelope] = []
+
+    def apply(self, env: Envelope) -> list[Effect]:
+        self.applied.append(env)
+        return [DeadLetter("marker", env.kind, "", env.received_at, None)] if env.kind == "txn" else []
+
+    def tick(self, now: float) -> list[Effect]:
+        return []
+
+    def take_dirty_terminals(self) -> list[TerminalRecord]:
+        return []
+
+    def take_dirty_batches(self) -> list[BatchRecord]:
+        return []
+
+    def snapshot(self, now: float) -> None:
+        return None
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.writes: list[list[Effect]] = []
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.fail = False
+
+    async def write(self, effects: Sequence[Effect], terminals: Sequence[TerminalRecord] = (),
+                    batches: Sequence[BatchRecord] = ()) -> None:
+        await self.gate.wait()
+        if self.fail:
+            raise StoreError("disk full")
+        self.writes.append(list(effects))
+
+
+def make(store: FakeStore, engine: FakeEngine | None = None) -> Pipeline:
+    settings = load_settings(None, {"store": {"flush_interval_ms": 1}})
+    return Pipeline(settings, engine or FakeEngine(), store, Metrics())
+
+
+def payload(body: dict[str, Any]) -> bytes:
+    return json.dumps(body).encode()
+
+
+async def test_qos1_future_completes_only_after_its_batch_commits() -> None:
+    """The future handed to the MQTT adapter is done only once the store write holding it returned."""
+    store = FakeStore()
+    store.gate.clear()
+    pipeline = make(store)
+    writer = asyncio.create_task(pipeline.run_writer())
+    future = pipeline.on_message("fleet/v1/term/T1/txn", payload(txn("T1", "a")), 1, False)
+    assert future is not None
+    await asyncio.sleep(0.05)
+    assert not future.done()
+    assert store.writes == []
+    store.gate.set()
+    await asyncio.wait_for(future, 1)
+    assert [e.reason for e in store.writes[0] if isinstance(e, DeadLetter)] == ["txn"]
+    pipeline.close()
+    await asyncio.wait_for(writer, 1)
+
+
+async def test_qos0_needs_no_wait_and_rejections_are_dead_lettered() -> None:
+    """QoS 0 returns no future; a bad message becomes a counted dead letter, not an exception."""
+    store = FakeStore()
+    pipeline = make(store)
+    writer = asyncio.create_task(pipeline.run_writer())
+    assert pipeline.on_message("fleet/v1/term/T1/heartbeat", payload(heartbeat("T1")), 0, False) is None
+    future = pipeline.on_message("fleet/v1/term/T1/heartbeat", b"{broken", 1, False)
+    assert future is not None
+    await asyncio.wait_for(future, 1)
+    letters = [e for batch in store.writes for e in batch if isinstance(e, DeadLetter)]
+    assert [(d.reason, d.payload_excerpt) for d in letters] == [("json", "{broken")]
+    pipeline.close()
+    await asyncio.wait_for(writer, 1)
+
+
+async def test_failed_commit_is_never_acknowledged_and_stops_the_writer() -> None:
+    """A store error fails the batch future (so no PUBACK) and the writer task raises StoreError."""
+    store = FakeStore()
+    store.fail = True
+    pipeline = make(store)
+    writer = asyncio.create_task(pipeline.run_writer())
+    future = pipeline.on_message("fleet/v1/term/T1/txn", payload(txn("T1", "a")), 1, False)
+    assert future is not None
+    with pytest.raises(StoreError):
+        await asyncio.wait_for(writer, 1)
+    assert future.done()
+    assert isinstance(future.exception(), StoreError)
+
+
+async def test_close_drains_everything_pending() -> None:
+    """On shutdown the writer commits what is in hand before it returns."""
+    store = FakeStore()
+    pipeline = make(store)
+    writer = asyncio.create_task(pipeline.run_writer())
+    futures = [pipeline.on_message("fleet/v1/term/T1/txn", payload(txn("T1", str(i))), 1, False)
+               for i in range(100)]
+    pipeline.close()
+    await asyncio.wait_for(writer, 1)
+    assert all(f is not None and f.done() and f.exception() is None for f in futures)
+    assert sum(len(batch) for batch in store.writes) == 100
+
+
+def test_rate_limited_log_counts_what_it_suppressed() -> None:
+    """A flood logs once per interval per key, and the next logged line says how many were skipped."""
+    clock = iter([0.0, 1.0, 2.0, 11.0, 11.5]).__next__
+    limiter = RateLimitedLog(10.0, clock=clock)
+    assert limiter.should_log("json") == (True, 0)
+    assert limiter.should_log("json") == (False, 0)
+    assert limiter.should_log("json") == (False, 0)
+    assert limiter.should_log("json") == (True, 2)
+    assert limiter.should_log("pan") == (True, 0)
