@@ -82,7 +82,7 @@ def run_demo(*, terminals: int, http: str, duration: float) -> int:
             file=sys.stderr, flush=True,
         )
         if duration > 0:
-            threading.Timer(duration, lambda: _interrupt()).start()
+            threading.Timer(duration, _interrupt).start()
         try:
             return asyncio.run(run_daemon(settings))
         finally:

@@ -130,7 +130,7 @@ class GmqttSource:
         while not self._stopping.is_set():
             try:
                 await self._connect_and_subscribe()
-            except (OSError, asyncio.TimeoutError, ConnectionError, Exception) as exc:  # noqa: BLE001
+            except (TimeoutError, OSError, ConnectionError, Exception) as exc:
                 # Any failure to connect is retried: the broker may be restarting.
                 error = f"{type(exc).__name__}: {exc}"
                 if error != last_error:
