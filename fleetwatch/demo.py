@@ -70,7 +70,7 @@ def run_demo(*, terminals: int, http: str, duration: float) -> int:
         configure_logging(settings.log)
         simulator = subprocess.Popen([
             sys.executable, "-m", "fleetwatch", "simulate", "--url", url, "--terminals", str(terminals),
-            "--merchants", str(max(1, terminals // 4)), "--interval", "5", "--quiet",
+            "--merchants", str(max(1, terminals // 4)), "--interval", "5", "--speed", "60", "--quiet",
             "--scenario", str(Path(__file__).parent / "sim" / "demo.toml"),
         ])
         print(

@@ -180,6 +180,25 @@ class Reconciliation(BaseModel):
     currencies: list[CurrencyDay]
 
 
+_bearer = HTTPBearer(auto_error=False)
+
+
+class BearerToken:
+    """Dependency: 401 unless ``Authorization: Bearer <token>`` matches (constant-time compare).
+
+    A module-level class rather than a closure because FastAPI resolves the (postponed)
+    annotations of dependencies in their module's namespace.
+    """
+
+    def __init__(self, token: str) -> None:
+        self._token = token.encode()
+
+    def __call__(self, cred: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+        if cred is None or not secrets.compare_digest(cred.credentials.encode(), self._token):
+            raise HTTPException(status_code=401, detail="missing or wrong bearer token",
+                                headers={"WWW-Authenticate": "Bearer"})
+
+
 def build_app(
     *,
     token: str,
@@ -192,14 +211,7 @@ def build_app(
 ) -> FastAPI:
     """The ASGI app; every dependency is passed in so tests can build it around fakes."""
     app = FastAPI(title="fleetwatch", version=__version__, summary="Card-terminal fleet incidents")
-    bearer = HTTPBearer(auto_error=False)
-
-    def authorised(cred: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> None:
-        if cred is None or not secrets.compare_digest(cred.credentials.encode(), token.encode()):
-            raise HTTPException(status_code=401, detail="missing or wrong bearer token",
-                                headers={"WWW-Authenticate": "Bearer"})
-
-    auth = [Depends(authorised)]
+    auth = [Depends(BearerToken(token))]
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:

@@ -1,0 +1,63 @@
+"""``python -m bench publisher|ingest|memory|restart|metrics|latency|all [--smoke]``.
+
+Prints each figure as a table and rewrites its section of docs/PERFORMANCE.md
+(``--no-report`` to leave the file alone). Exit 1 when any figure missed its target or
+lost a message, so CI can run ``python -m bench ingest --smoke``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+from bench import harness, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("what", choices=("publisher", "ingest", "memory", "restart", "metrics", "latency", "all"))
+    p.add_argument("--smoke", action="store_true", help="tiny and fast (2,000 messages); no speed targets")
+    p.add_argument("--terminals", type=int, default=None, help="fleet of the ingest stream (default 20,000)")
+    p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 600,000)")
+    p.add_argument("--rate", type=float, default=None, help="publish at this many msg/s (default: flat out)")
+    p.add_argument("--connections", type=int, default=4, help="publisher connections")
+    p.add_argument("--fleet", type=int, default=1_000_000, help="terminals for memory/restart/metrics")
+    p.add_argument("--no-daemon", action="store_true", help="ingest: broker and mosquitto_sub only")
+    p.add_argument("--report", type=Path, default=Path("docs/PERFORMANCE.md"))
+    p.add_argument("--no-report", action="store_true")
+    a = p.parse_args(argv)
+    smoke = a.smoke
+    opts = harness.Options(
+        terminals=a.terminals or (200 if smoke else 20_000),
+        messages=a.messages or (2_000 if smoke else 600_000),
+        rate=a.rate, connections=a.connections, fleet=a.fleet, smoke=smoke, no_daemon=a.no_daemon,
+    )
+    figs = asyncio.run(_run(a.what, opts))
+    for fig in figs:
+        print(fig.table())
+        print()
+        if not a.no_report:
+            report.write(a.report, fig)
+    if not a.no_report:
+        print(f"updated {a.report}")
+    return 0 if all(f.ok for f in figs) else 1
+
+
+async def _run(what: str, opts: harness.Options) -> list[report.Figure]:
+    figs: list[report.Figure] = []
+    if what == "publisher":
+        figs.append(await harness.figure_publisher(opts))
+    if what in ("ingest", "all"):
+        figs += await harness.figure_ingest(opts)
+    if what in ("latency", "all"):
+        figs.append(await harness.figure_latency(opts))
+    fleet_figs = {"memory", "restart", "metrics"} if what == "all" else {what} & {"memory", "restart", "metrics"}
+    if fleet_figs:
+        figs += await harness.figure_fleet(opts, fleet_figs)
+    return figs
+
+
+if __name__ == "__main__":
+    sys.exit(main())

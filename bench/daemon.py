@@ -1,0 +1,153 @@
+"""The daemon under test, as a subprocess: start with a temp config, wait for /readyz, read, stop.
+
+The harness treats fleetwatch as a black box through its operator surface only (the
+config file, ``/readyz``, ``/metrics``, the API, SIGTERM, and finally its SQLite file
+opened read-only), so the figures hold for what operators run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench.broker import free_port
+
+TOKEN = "bench"
+
+
+def daemon_config(mqtt_port: int, http_port: int, db: Path, *, interval: float = 60.0) -> str:
+    """The temp config the brief prescribes (TOML)."""
+    return (
+        "[mqtt]\n"
+        f'url = "mqtt://127.0.0.1:{mqtt_port}"\n'
+        'topic_prefix = "fleet/v1"\n'
+        'client_id = "fleetwatch-bench"\n'
+        "[store]\n"
+        f'url = "sqlite:///{db}"\n'
+        "[http]\n"
+        f'listen = "127.0.0.1:{http_port}"\n'
+        f'api_token = "{TOKEN}"\n'
+        "[detect]\n"
+        f"heartbeat_interval_s = {interval:g}\n"
+    )
+
+
+def metric_sum(text: str, name: str) -> float:
+    """Sum of every sample of ``name`` (all label sets) in a Prometheus text page."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and (len(line) == len(name) or line[len(name)] in " {"):
+            try:
+                total += float(line.rsplit(" ", 1)[1])
+            except (IndexError, ValueError):
+                continue
+    return total
+
+
+@dataclass
+class Daemon:
+    """One fleetwatch process and the files it owns."""
+
+    mqtt_port: int
+    workdir: Path
+    interval: float = 60.0
+    proc: subprocess.Popen[bytes] | None = None
+    http_port: int = 0
+
+    @property
+    def db(self) -> Path:
+        return self.workdir / "fw.db"
+
+    @property
+    def api(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def start(self, within: float = 120.0) -> float:
+        """Start and wait until ``/readyz`` answers 200; returns the seconds that took."""
+        self.http_port = free_port()
+        conf = self.workdir / "fleetwatch.toml"
+        conf.write_text(daemon_config(self.mqtt_port, self.http_port, self.db, interval=self.interval))
+        log = (self.workdir / "daemon.log").open("ab")
+        cmd = os.environ.get("FLEETWATCH_BENCH_CMD")
+        argv = cmd.split() if cmd else [sys.executable, "-m", "fleetwatch"]
+        t0 = time.monotonic()
+        self.proc = subprocess.Popen([*argv, "run", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        with httpx.Client(timeout=2.0) as http:
+            while time.monotonic() - t0 < within:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"fleetwatch exited with {self.proc.returncode}; see {self.workdir}/daemon.log")
+                try:
+                    if http.get(f"{self.api}/readyz").status_code == 200:
+                        return time.monotonic() - t0
+                except httpx.HTTPError:
+                    pass
+                time.sleep(0.05)
+        raise RuntimeError(f"fleetwatch not ready after {within} s; see {self.workdir}/daemon.log")
+
+    def metrics(self, http: httpx.Client) -> tuple[str, float]:
+        """(page, seconds the scrape took)."""
+        t0 = time.perf_counter()
+        r = http.get(f"{self.api}/metrics")
+        r.raise_for_status()
+        return r.text, time.perf_counter() - t0
+
+    def received(self, http: httpx.Client) -> float:
+        return metric_sum(self.metrics(http)[0], "fleetwatch_messages_received_total")
+
+    def wait_received(self, target: float, *, idle_timeout: float = 30.0) -> tuple[float, float]:
+        """Poll until the daemon counted ``target`` messages or stalls; (count, wall time reached)."""
+        last, last_change = -1.0, time.monotonic()
+        with httpx.Client(timeout=10.0) as http:
+            while True:
+                n = self.received(http)
+                now = time.time()
+                if n >= target:
+                    return n, now
+                if n != last:
+                    last, last_change = n, time.monotonic()
+                elif time.monotonic() - last_change > idle_timeout:
+                    return n, now
+                time.sleep(0.05)
+
+    def rss_bytes(self) -> int:
+        """VmRSS of the daemon process."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self, within: float = 60.0) -> int:
+        """SIGTERM and wait; returns the exit code (the contract wants 0)."""
+        if self.proc is None:
+            return 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(within)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+        finally:
+            self.proc = None
+
+    def count(self, table: str) -> int:
+        """Rows of ``table`` in the stopped daemon's SQLite file (opened read-only)."""
+        con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
+        try:
+            return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # table: a fixed name from our code
+        finally:
+            con.close()
+
+
+def new_daemon(mqtt_port: int, interval: float = 60.0) -> Daemon:
+    return Daemon(mqtt_port, Path(tempfile.mkdtemp(prefix="fw-bench-")), interval)

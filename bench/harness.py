@@ -1,0 +1,319 @@
+"""The figures: each procedure sets up broker (and daemon), measures, and returns Figures.
+
+Targets (from the brief): ingest >= 40,000 msg/s with zero transaction loss; >= 0.5
+of what ``mosquitto_sub -q 1`` drains from the same stream in the same run; <= 1 KiB
+RSS per terminal at 1,000,000 terminals; detection latency p99 <= 1 s at 20k msg/s
+background; restart to /readyz <= 10 s with 1,000,000 terminals stored; /metrics <=
+100 KiB and <= 50 ms at 1,000,000 terminals. A run that loses a message fails
+(exit 1) whatever its speed: a fast pipeline that drops money events is worthless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from bench import stream as streams
+from bench.broker import SysWatch, free_port, mosquitto
+from bench.daemon import TOKEN, Daemon, new_daemon
+from bench.publisher import connect_all, publish
+from bench.report import Figure
+from fleetwatch.sim import fleet
+from fleetwatch.sim.client import WireClient
+from fleetwatch.sim.fleet import Topics
+from fleetwatch.sim.score import epoch
+
+MOSQUITTO_SUB = "/usr/bin/mosquitto_sub"
+
+
+@dataclass(frozen=True)
+class Options:
+    terminals: int = 20_000
+    messages: int = 600_000
+    rate: float | None = None
+    connections: int = 4
+    fleet: int = 1_000_000
+    latency_rate: float = 20_000.0
+    latency_seconds: float = 30.0
+    smoke: bool = False
+    no_daemon: bool = False
+    command: str = "python -m bench"
+
+
+def _rate(x: float) -> str:
+    return f"{x:,.0f} msg/s"
+
+
+class Drain:
+    """``mosquitto_sub -q 1 -t 'fleet/v1/#' -C N`` writing to a file; exits after N messages."""
+
+    def __init__(self, port: int, count: int, workdir: Path) -> None:
+        self.out = workdir / "sub.out"
+        self.count = count
+        with self.out.open("wb") as fh:
+            self.proc = subprocess.Popen(
+                [MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", "fleet/v1/#",
+                 "-C", str(count), "-i", f"bench-sub-{port}"], stdout=fh, stderr=subprocess.DEVNULL)
+
+    def wait(self, within: float) -> float:
+        """Wall time at which it had everything (or gave up)."""
+        try:
+            self.proc.wait(within)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            self.proc.wait()
+        return time.time()
+
+    def lines(self) -> int:
+        with self.out.open("rb") as fh:
+            return sum(1 for _ in fh)
+
+
+async def figure_publisher(opts: Options) -> Figure:
+    """The publisher alone: into a null sink, into Mosquitto, and Mosquitto drained by mosquitto_sub."""
+    fig = Figure("publisher", "Publisher alone (bench harness)", f"{opts.command} publisher"
+                 + (" --smoke" if opts.smoke else ""))
+    terms = streams.make_terminals(opts.terminals)
+    t0 = time.perf_counter()
+    st = streams.mix(terms, opts.messages, connections=opts.connections)
+    enc = time.perf_counter() - t0
+    fig.rows.append(("pre-encoding (not measured in rates)", f"{st.messages / enc:,.0f} msg/s", "", None))
+    port = free_port()
+    sink = await asyncio.create_subprocess_exec(sys.executable, "-m", "bench.sink", str(port),
+                                                stdout=asyncio.subprocess.PIPE)
+    try:
+        assert sink.stdout is not None
+        await sink.stdout.readline()
+        clients = await connect_all(port, opts.connections, "bench-null")
+        res = await publish(clients, st, expect_acks=False)
+        await asyncio.gather(*(c.close() for c in clients))
+        fig.rows.append((f"into a null sink ({res.bytes / 1e6:.0f} MB)", _rate(res.write_rate),
+                         "> 2x ingest", res.write_rate >= 80_000 or opts.smoke or None))
+    finally:
+        sink.terminate()
+        await sink.wait()
+    with mosquitto() as broker:
+        clients = await connect_all(broker.port, opts.connections)
+        res = await publish(clients, st)
+        await asyncio.gather(*(c.close() for c in clients))
+        fig.rows.append(("into Mosquitto, no subscriber (acked)", _rate(res.acked_rate), "", None))
+    with mosquitto() as broker:
+        sysw = SysWatch()
+        await sysw.start(broker.port)
+        drain = Drain(broker.port, st.messages, broker.workdir)
+        await asyncio.sleep(0.5)
+        clients = await connect_all(broker.port, opts.connections)
+        res = await publish(clients, st)
+        done = await asyncio.to_thread(drain.wait, 120.0)
+        got = drain.lines()
+        await asyncio.gather(*(c.close() for c in clients))
+        await sysw.settle()
+        fig.rows.append(("into Mosquitto, publisher acked", _rate(res.acked_rate), "", None))
+        fig.rows.append(("mosquitto_sub -q 1 drain", _rate(got / (done - res.started)), "", None))
+        fig.rows.append(("mosquitto_sub messages received", f"{got:,} / {st.messages:,}", "all",
+                         got == st.messages))
+        fig.rows.append(("broker drops ($SYS)", f"{sysw.dropped():.0f}", "0", sysw.dropped() == 0))
+        await sysw.stop()
+    fig.notes.append(f"{opts.terminals:,} terminals, {st.messages:,} messages (90% heartbeats QoS 0, "
+                     f"10% txns QoS 1), {opts.connections} connections, MQTT 3.1.1")
+    return fig
+
+
+async def figure_ingest(opts: Options) -> list[Figure]:
+    """Figures 1 and 2: the daemon's end-to-end ingest, and its ratio to mosquitto_sub."""
+    cmd = f"{opts.command} ingest" + (" --smoke" if opts.smoke else "")
+    ingest = Figure("ingest", "Sustained end-to-end ingest (figure 1)", cmd)
+    ratio = Figure("ratio", "Ingest relative to mosquitto_sub (figure 2)", cmd)
+    st = streams.mix(streams.make_terminals(opts.terminals), opts.messages, connections=opts.connections)
+    with mosquitto() as broker:
+        sysw = SysWatch()
+        await sysw.start(broker.port)
+        daemon: Daemon | None = None
+        if not opts.no_daemon:
+            daemon = new_daemon(broker.port)
+            await asyncio.to_thread(daemon.start)
+        base_sent = 0.0
+        await sysw.settle(1.2)
+        base_sent = sysw.number("publish/messages/sent")
+        drain = Drain(broker.port, st.messages, broker.workdir)
+        await asyncio.sleep(0.5)
+        clients = await connect_all(broker.port, opts.connections)
+        res = await publish(clients, st, rate=opts.rate)
+        jobs: list[asyncio.Future[tuple[float, float] | float]] = [
+            asyncio.ensure_future(asyncio.to_thread(drain.wait, 300.0))]
+        if daemon is not None:
+            jobs.append(asyncio.ensure_future(asyncio.to_thread(daemon.wait_received, st.messages)))
+        results = await asyncio.gather(*jobs)
+        await asyncio.gather(*(c.close() for c in clients))
+        await sysw.settle()
+        dropped = sysw.dropped()
+        sent = sysw.number("publish/messages/sent") - base_sent
+        sub_done = float(results[0])  # type: ignore[arg-type]
+        got = drain.lines()
+        sub_rate = got / (sub_done - res.started)
+        ingest.rows.append(("publisher (acked by broker)", _rate(res.acked_rate), "", None))
+        ingest.rows.append(("broker drops ($SYS)", f"{dropped:.0f}", "0", dropped == 0))
+        ingest.rows.append(("mosquitto_sub received", f"{got:,} / {st.messages:,}", "all", got == st.messages))
+        ratio.rows.append(("mosquitto_sub -q 1 drain", _rate(sub_rate), "", None))
+        if daemon is not None:
+            received, done = results[1]  # type: ignore[misc]
+            rate = received / (done - res.started)
+            code = await asyncio.to_thread(daemon.stop)
+            rows = daemon.count("transactions")
+            ingest.rows.append(("daemon ingest (counted in /metrics)", _rate(rate), ">= 40,000 msg/s",
+                                None if opts.smoke else rate >= 40_000))
+            ingest.rows.append(("daemon messages received", f"{received:,.0f} / {st.messages:,}", "all",
+                                received >= st.messages))
+            ingest.rows.append(("transactions stored (SQLite rows)", f"{rows:,} / {st.txns:,}", "all",
+                                rows == st.txns))
+            ingest.rows.append(("daemon exit code on SIGTERM", str(code), "0", code == 0))
+            ratio.rows.append(("daemon / mosquitto_sub", f"{rate / sub_rate:.2f}", ">= 0.5",
+                               None if opts.smoke else rate / sub_rate >= 0.5))
+        else:
+            ingest.notes.append("--no-daemon: broker and mosquitto_sub only")
+        ingest.notes.append(f"{opts.terminals:,} terminals, {st.messages:,} messages ({st.heartbeats:,} "
+                            f"heartbeats QoS 0, {st.txns:,} txns QoS 1), rate "
+                            f"{'unthrottled' if opts.rate is None else _rate(opts.rate)}; broker deliveries "
+                            f"{sent:,.0f}")
+        await sysw.stop()
+    return [ingest, ratio]
+
+
+async def _load(port: int, terms: list[fleet.Terminal], connections: int) -> None:
+    st = streams.one_heartbeat_each(terms, connections=connections, qos=1)
+    clients = await connect_all(port, connections, f"bench-load-{terms[0].index}")
+    await publish(clients, st)
+    await asyncio.gather(*(c.close() for c in clients))
+
+
+def _scrape(daemon: Daemon, times: int) -> tuple[int, float]:
+    with httpx.Client(timeout=30.0) as http:
+        runs = [daemon.metrics(http) for _ in range(times)]
+    return len(runs[-1][0].encode()), statistics.median(t for _, t in runs)
+
+
+async def figure_fleet(opts: Options, want: set[str]) -> list[Figure]:
+    """Figures 3, 5 and 6 in one sequence: load 1k, scrape; load 1M, scrape, RSS; restart."""
+    n = 2_000 if opts.smoke else opts.fleet
+    small = min(1_000, n)
+    figs: dict[str, Figure] = {}
+    suffix = " --smoke" if opts.smoke else ""
+    with mosquitto() as broker:
+        daemon = new_daemon(broker.port)
+        await asyncio.to_thread(daemon.start)
+        rss0 = daemon.rss_bytes()
+        terms = streams.make_terminals(n)
+        await _load(broker.port, terms[:small], opts.connections)
+        await asyncio.to_thread(daemon.wait_received, small)
+        await asyncio.sleep(1)
+        if "metrics" in want:
+            size1k, t1k = await asyncio.to_thread(_scrape, daemon, 20)
+        await _load(broker.port, terms[small:], opts.connections)
+        received, _ = await asyncio.to_thread(daemon.wait_received, n, idle_timeout=60.0)
+        del terms
+        await asyncio.sleep(3)  # let the writer flush terminal state
+        if "metrics" in want:
+            size, t = await asyncio.to_thread(_scrape, daemon, 10)
+            f = figs["metrics"] = Figure("metrics", "/metrics size and scrape time (figure 6)",
+                                         f"{opts.command} metrics{suffix}")
+            f.rows += [("size at 1,000 terminals", f"{size1k / 1024:.1f} KiB", "", None),
+                       ("scrape at 1,000 terminals (median of 20)", f"{t1k * 1000:.1f} ms", "", None),
+                       (f"size at {n:,} terminals", f"{size / 1024:.1f} KiB", "<= 100 KiB", size <= 100 * 1024),
+                       (f"scrape at {n:,} terminals (median of 10)", f"{t * 1000:.1f} ms", "<= 50 ms",
+                        t <= 0.05)]
+        if "memory" in want:
+            rss = daemon.rss_bytes()
+            f = figs["memory"] = Figure("memory", "Memory per terminal (figure 3)", f"{opts.command} memory{suffix}")
+            f.rows += [(f"VmRSS with {received:,.0f} terminals", f"{rss / 2**20:,.0f} MiB", "", None),
+                       ("VmRSS at start (empty store)", f"{rss0 / 2**20:,.0f} MiB", "", None),
+                       ("RSS per terminal (total / terminals)", f"{rss / n:,.0f} B", "<= 1024 B",
+                        None if opts.smoke else rss / n <= 1024),
+                       ("RSS per terminal (growth / terminals)", f"{(rss - rss0) / n:,.0f} B", "", None)]
+        await asyncio.to_thread(daemon.stop)
+        if "restart" in want:
+            ready = await asyncio.to_thread(daemon.start)
+            f = figs["restart"] = Figure("restart", "Restart to /readyz (figure 5)", f"{opts.command} restart{suffix}")
+            f.rows.append((f"/readyz 200 after start, {n:,} terminals stored", f"{ready:.2f} s", "<= 10 s",
+                           ready <= 10))
+            await asyncio.to_thread(daemon.stop)
+        rows = daemon.count("terminals")
+        for f in figs.values():
+            f.notes.append(f"store holds {rows:,} terminal rows; fleet loaded by one QoS 1 heartbeat each")
+    return [figs[k] for k in ("memory", "restart", "metrics") if k in figs]
+
+
+async def figure_latency(opts: Options) -> Figure:
+    """Figure 4: opened_at - publish time for faults injected under background load."""
+    fig = Figure("latency", "Detection latency under load (figure 4)", f"{opts.command} latency"
+                 + (" --smoke" if opts.smoke else ""))
+    seconds = 5.0 if opts.smoke else opts.latency_seconds
+    bg_rate = 2_000.0 if opts.smoke else opts.latency_rate
+    terms = streams.make_terminals(opts.terminals)
+    st = streams.mix(terms, int(bg_rate * seconds), connections=opts.connections)
+    probes = streams.make_terminals(40, seed=99)
+    for p in probes:
+        p.terminal_id = f"L{p.index:04d}"
+    topics, rng = Topics("fleet/v1"), random.Random(5)
+    injected: dict[str, float] = {}
+    with mosquitto() as broker:
+        daemon = new_daemon(broker.port)
+        await asyncio.to_thread(daemon.start)
+        probe = WireClient("127.0.0.1", broker.port, "bench-probe", keepalive=0)
+        await probe.connect()
+        for p in probes:  # healthy first, so every fault is a change the daemon has to notice
+            out = fleet.heartbeat(p, int(time.time() * 1000), rng, topics)
+            probe.publish(out.topic, out.payload, qos=1)
+        clients = await connect_all(broker.port, opts.connections)
+        background = asyncio.ensure_future(publish(clients, st, rate=bg_rate))
+        await asyncio.sleep(1.0)
+        gap = (seconds - 2.0) / len(probes)
+        for i, p in enumerate(probes):
+            kind = i % 3
+            if kind == 0:
+                p.printer = "no_paper"
+            elif kind == 1:
+                p.tamper = True
+            else:
+                p.reader_chip = "fault"
+            out = fleet.heartbeat(p, int(time.time() * 1000), rng, topics)
+            injected[p.terminal_id] = time.time()
+            probe.publish(out.topic, out.payload, qos=1)
+            await probe.drain()
+            await asyncio.sleep(gap)
+        await background
+        await asyncio.sleep(3.0)
+        lat: list[float] = []
+        missing = 0
+        async with httpx.AsyncClient(timeout=10.0, headers={"Authorization": f"Bearer {TOKEN}"}) as http:
+            for tid, at in injected.items():
+                r = await http.get(f"{daemon.api}/api/v1/incidents", params={"status": "all", "terminal_id": tid})
+                items = r.json().get("items", []) if r.status_code == 200 else []
+                opened = [_epoch(i["opened_at"]) for i in items if i.get("opened_at")]
+                if opened:
+                    lat.append(max(0.0, min(opened) - at))
+                else:
+                    missing += 1
+        await probe.close()
+        await asyncio.gather(*(c.close() for c in clients))
+        await asyncio.to_thread(daemon.stop)
+    lat.sort()
+    p50 = lat[len(lat) // 2] if lat else float("nan")
+    p99 = lat[min(len(lat) - 1, int(0.99 * len(lat)))] if lat else float("nan")
+    fig.rows += [("faults detected", f"{len(lat)} / {len(injected)}", "all", missing == 0),
+                 ("latency p50", f"{p50 * 1000:.0f} ms", "", None),
+                 ("latency p99", f"{p99 * 1000:.0f} ms", "<= 1000 ms", p99 <= 1.0)]
+    fig.notes.append(f"background {bg_rate:,.0f} msg/s from {opts.terminals:,} terminals for {seconds:.0f} s; "
+                     "faults: printer no_paper, tamper, reader self-test (one heartbeat each)")
+    return fig
+
+
+def _epoch(stamp: str) -> float:
+    return epoch(stamp) or float("nan")
