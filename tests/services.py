@@ -134,10 +134,10 @@ class Daemon:
     def start(self, *, wait_ready: bool = True) -> None:
         config = self.workdir / "fleetwatch.toml"
         config.write_text(self.config_text(), encoding="utf-8")
-        log = self.log_path.open("ab")
         env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
-        self.proc = subprocess.Popen([sys.executable, "-m", "fleetwatch", "run", "--config", str(config)],
-                                     stdout=log, stderr=log, env=env)
+        with self.log_path.open("ab") as log:  # the child keeps its own descriptor
+            self.proc = subprocess.Popen([sys.executable, "-m", "fleetwatch", "run", "--config", str(config)],
+                                         stdout=log, stderr=log, env=env)
         if wait_ready:
             self.wait_ready()
 
