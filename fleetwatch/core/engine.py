@@ -1,0 +1,519 @@
+"""The engine: one accepted message (or one tick of the clock) in, effects for the store out.
+
+Pure and single-threaded: ``now`` is always passed in (a message's ``received_at`` or the
+sweeper's clock); nothing here does I/O. The pipeline calls exactly the public methods
+below. Inside, a message goes:
+
+    state (liveness, order, reboot, serial) -> rule table -> incident book
+                      \\-> settlement book ----------------/       \\-> correlator
+
+and the clock goes through :meth:`Engine.tick`: silence (a deadline heap: only the
+terminals whose deadline passed are looked at, never all of them), comm-error runs whose
+waiting window is over, settlement deadlines, hysteresis, and the correlator's windows.
+
+Liveness is the receive time of any non-retained message from the terminal. A
+retained State is history: it never proves liveness and never opens anything. After
+:meth:`Engine.restore`, silence is not judged until ``offline_after_missed`` intervals
+have passed (the daemon itself was away).
+"""
+
+from __future__ import annotations
+
+import heapq
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable, Sequence
+
+from fleetwatch.config import DetectSettings, SettlementSettings
+from fleetwatch.core.attribution import HOST_SIDE, Attributor
+from fleetwatch.core.correlation import Correlator, group_labels
+from fleetwatch.core.incidents import IncidentBook
+from fleetwatch.core.messages import BatchClose, Envelope, Heartbeat, Settlement, StateMsg, TxnResult
+from fleetwatch.core.model import (
+    BatchRecord,
+    Effect,
+    Incident,
+    Signal,
+    TerminalRecord,
+    TxnWrite,
+)
+from fleetwatch.core.rules import (
+    COND_BITS,
+    HEARTBEAT_RULES,
+    KIND_MASK,
+    OFFLINE_BIT,
+    TXN_RULES,
+    Ctx,
+    came_back,
+    comm_errors_due,
+    run_rules,
+    went_offline,
+)
+from fleetwatch.core.settlement import SettlementBook
+from fleetwatch.core.snapshot import FleetSnapshot, bound_models, freeze, incident_counts
+from fleetwatch.core.state import (
+    OFFLINE,
+    ONLINE,
+    SHUTDOWN,
+    Interner,
+    Order,
+    TerminalState,
+    classify_heartbeat,
+    from_record,
+    to_record,
+)
+
+MAINTENANCE = "maintenance"
+
+
+def _uuid_hex() -> str:
+    return uuid.uuid4().hex
+
+
+class Engine:
+    """All detection state of the daemon, driven by messages and the clock."""
+
+    def __init__(
+        self, detect: DetectSettings, settlement: SettlementSettings, *,
+        new_id: Callable[[], str] | None = None,
+    ) -> None:
+        self._cfg = detect
+        self._interval = detect.heartbeat_interval_s
+        self._offline_after = detect.intervals(detect.offline_after_missed)
+        self._flap_after = detect.intervals(detect.flap_silence_intervals)
+        self._clear_after = detect.intervals(detect.clear_after_intervals)
+        self._intern = Interner()
+        self._terms: dict[str, TerminalState] = {}
+        self._dirty: list[TerminalState] = []
+        self._silence: list[tuple[float, str]] = []
+        self._wakes: list[tuple[float, str]] = []
+        self._judge_from = float("-inf")
+        self._started_at = float("-inf")
+        self._book = IncidentBook(detect, new_id or _uuid_hex)
+        self._corr = Correlator(detect, self._book)
+        self._settle = SettlementBook(settlement)
+        self._attr = Attributor(detect)
+        self._ctx = Ctx(detect)
+        self._recent: dict[tuple[str, str], None] = {}
+        self._tally: Counter[tuple[str, str | None]] = Counter()
+        self._maint: dict[str, float] = {}
+
+    # ---- start ----------------------------------------------------------------------------
+
+    def restore(
+        self, terminals: Iterable[TerminalRecord], incidents: Iterable[Incident],
+        batches: Iterable[BatchRecord], recent_txn_keys: Iterable[tuple[str, str]], now: float,
+    ) -> None:
+        """Resume from the store: terminals, open incidents, open batches, recent txn ids."""
+        self._started_at = now
+        self._judge_from = now + self._offline_after
+        for rec in terminals:
+            st = from_record(rec, self._intern)
+            self._adopt(st)
+        self._book.restore(incidents)
+        gap_keys: list[str] = []
+        for inc in self._book.open_incidents():
+            if inc.scope == "terminal" and inc.terminal_id is not None:
+                if inc.kind == "settlement_gap":
+                    gap_keys.append(inc.key)
+                    continue
+                bit = COND_BITS.get((inc.kind, inc.cause))
+                if bit is not None:
+                    st = self._terms.get(inc.terminal_id) or self._create(inc.terminal_id, inc.merchant_id)
+                    st.conds |= bit
+                    if inc.kind == "power":
+                        st.batt_fired |= 3 if inc.cause == "battery_critical" else 1
+        self._corr.restore(self._book.open_incidents())
+        self._settle.restore(batches, now)
+        self._settle.adopt_open_keys(gap_keys, now)
+        for key in recent_txn_keys:
+            self._remember_txn(key)
+
+    def _adopt(self, st: TerminalState) -> None:
+        """Index a restored terminal and queue its silence deadline."""
+        self._terms[st.terminal_id] = st
+        self._tally[(st.state, st.model)] += 1
+        if st.state == ONLINE:
+            self._corr.active.update(group_labels(st.model, st.fw, st.net_type))
+        if st.state != SHUTDOWN and st.merchant_id is not None:
+            self._corr.merchant_size[st.merchant_id] += 1
+        if st.maintenance_until is not None:
+            self._maint[st.terminal_id] = st.maintenance_until
+        self._schedule(st)
+
+    def _create(self, terminal_id: str, merchant_id: str | None) -> TerminalState:
+        st = TerminalState(terminal_id)
+        st.merchant_id = self._intern(merchant_id)
+        self._terms[terminal_id] = st
+        self._tally[(ONLINE, None)] += 1
+        self._corr.active.update(group_labels(None, None, None))
+        if st.merchant_id is not None:
+            self._corr.merchant_size[st.merchant_id] += 1
+        return st
+
+    # ---- messages -------------------------------------------------------------------------
+
+    def apply(self, env: Envelope) -> list[Effect]:
+        """Decide on one accepted message; ``env.received_at`` is now."""
+        msg = env.msg
+        if isinstance(msg, Heartbeat):
+            return self._heartbeat(msg, env.received_at)
+        if isinstance(msg, TxnResult):
+            return self._txn(msg, env.received_at)
+        if isinstance(msg, StateMsg):
+            return self._state_msg(msg, env.received_at, env.retained)
+        if isinstance(msg, BatchClose):
+            return self._batch(msg, env.received_at)
+        if isinstance(msg, Settlement):
+            return self._settlement(msg, env.received_at)
+        return []
+
+    def _heartbeat(self, hb: Heartbeat, now: float) -> list[Effect]:
+        st = self._terms.get(hb.terminal_id)
+        if st is None:
+            st = self._create(hb.terminal_id, hb.merchant_id)
+        ctx = self._ctx.reset(st, hb, now)
+        back = self._alive(st, now)
+        order = classify_heartbeat(st, hb, self._interval)
+        if order is Order.OUT_OF_ORDER:
+            return self._signals(back, now) if back else []
+        serial_changed = self._absorb(st, hb, now, order)
+        sigs = run_rules(ctx, HEARTBEAT_RULES)
+        money = self._settle.on_heartbeat(hb, now, serial_changed=serial_changed)
+        if back or sigs or money:
+            return self._signals([*back, *sigs, *money], now)
+        return []
+
+    def _absorb(self, st: TerminalState, hb: Heartbeat, now: float, order: Order) -> bool:
+        """Take a new heartbeat's facts into the state; True when the serial changed."""
+        st.last_hb_at = now
+        st.last_ts_ms = hb.ts
+        if order is Order.REBOOT:
+            st.reboots += 1
+        st.seq = hb.seq
+        if hb.uptime_s is not None:
+            st.uptime_s = hb.uptime_s
+        if hb.merchant_id != st.merchant_id:
+            self._set_merchant(st, hb.merchant_id)
+        net = hb.net
+        net_type = net.type if net is not None and net.type is not None else st.net_type
+        model = hb.model if hb.model is not None else st.model
+        fw = hb.fw if hb.fw is not None else st.fw
+        if model != st.model or fw != st.fw or net_type != st.net_type:
+            self._regroup(st, model, fw, net_type)
+        if hb.app is not None and hb.app != st.app:
+            st.app = self._intern(hb.app)
+        serial_changed = False
+        if hb.serial is not None:
+            if st.serial is not None and hb.serial != st.serial:
+                serial_changed = True
+                st.reader = None  # a new device learns its own reader baseline
+            st.serial = hb.serial
+        pw = hb.power
+        if pw is not None:
+            st.battery_pct, st.charging = pw.battery_pct, pw.charging
+        if net is not None and net.rssi_dbm is not None:
+            st.rssi_dbm = net.rssi_dbm
+        if hb.printer is not None and hb.printer != st.printer:
+            st.printer = self._intern(hb.printer)
+        r = hb.reader
+        if r is not None:
+            st.reader_fault = r.chip == "fault" or r.msr == "fault" or r.ctls == "fault"
+        saf = hb.saf
+        if saf is not None:
+            st.saf_pending, st.saf_oldest_ts_ms = saf.pending, saf.oldest_ts
+        if hb.tamper is not None:
+            st.tamper = hb.tamper
+        return serial_changed
+
+    def _txn(self, txn: TxnResult, now: float) -> list[Effect]:
+        key = (txn.terminal_id, txn.txn_id)
+        if key in self._recent:
+            return []  # QoS 1 redelivery: applied once (and no proof of life now)
+        self._remember_txn(key)
+        st = self._terms.get(txn.terminal_id)
+        if st is None:
+            st = self._create(txn.terminal_id, txn.merchant_id)
+        ctx = self._ctx.reset(st, txn, now)
+        sigs: list[Signal] = list(self._alive(st, now))
+        if txn.merchant_id != st.merchant_id:
+            self._set_merchant(st, txn.merchant_id)
+        verdict = self._attr.attribute(txn)
+        ctx.attribution = verdict
+        if verdict.blame in HOST_SIDE:
+            self._corr.host_failure(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
+        sigs.extend(run_rules(ctx, TXN_RULES))
+        if ctx.wake is not None:
+            heapq.heappush(self._wakes, (ctx.wake, st.terminal_id))
+        record, money = self._settle.on_txn(txn, now)
+        out: list[Effect] = [TxnWrite(record)]
+        sigs.extend(money)
+        if sigs:
+            out.extend(self._signals(sigs, now))
+        return out
+
+    def _state_msg(self, msg: StateMsg, now: float, retained: bool) -> list[Effect]:
+        st = self._terms.get(msg.terminal_id)
+        if st is None:
+            st = self._create(msg.terminal_id, None)
+        if retained:
+            self._retained_state(st, msg, now)
+            return []
+        ctx = self._ctx.reset(st, msg, now)
+        if msg.state == "offline":  # the broker's Last Will: news, but not the terminal speaking
+            if st.state != ONLINE:
+                return []
+            return self._signals(self._offline(st, now, "last_will"), now)
+        sigs: list[Signal] = list(self._alive(st, now))
+        if msg.state == "shutdown":
+            self._set_state(st, SHUTDOWN, now)
+            st.flap_until = None
+            sigs.extend(came_back(ctx))
+        return self._signals(sigs, now) if sigs else []
+
+    def _retained_state(self, st: TerminalState, msg: StateMsg, now: float) -> None:
+        """History handed over on subscribe: only a clean shutdown newer than all we know counts.
+
+        It then spares a terminal that was switched off while the daemon was away the
+        silence judgement; it never proves liveness and never opens anything.
+        """
+        if msg.state != "shutdown" or st.state != ONLINE:
+            return
+        if st.last_seen is not None and st.last_seen >= self._started_at:
+            return
+        if st.last_ts_ms is not None and msg.ts < st.last_ts_ms:
+            return
+        self._set_state(st, SHUTDOWN, now)
+        self._mark(st)
+
+    def _batch(self, b: BatchClose, now: float) -> list[Effect]:
+        st = self._terms.get(b.terminal_id)
+        if st is None:
+            st = self._create(b.terminal_id, b.merchant_id)
+        self._ctx.reset(st, b, now)
+        sigs: list[Signal] = list(self._alive(st, now))
+        sigs.extend(self._settle.on_batch(b, now))
+        return self._signals(sigs, now) if sigs else []
+
+    def _settlement(self, s: Settlement, now: float) -> list[Effect]:
+        write, sigs = self._settle.on_settlement(s, now)
+        out: list[Effect] = [write]
+        if sigs:
+            out.extend(self._signals(sigs, now))
+        return out
+
+    # ---- liveness -------------------------------------------------------------------------
+
+    def _alive(self, st: TerminalState, now: float) -> Sequence[Signal]:
+        """The terminal spoke (ctx must point at it): last seen, back online, deadline."""
+        st.last_seen = now
+        if not st.dirty:
+            st.dirty = True
+            self._dirty.append(st)
+        back: Sequence[Signal] = ()
+        if st.state != ONLINE:
+            self._set_state(st, ONLINE, now)
+            self._corr.came_back(st.terminal_id)
+            if st.conds & OFFLINE_BIT:
+                back = came_back(self._ctx)
+                st.flap_until = now + self._clear_after
+        if st.sched is None:
+            self._schedule(st)
+        return back
+
+    def _due(self, st: TerminalState) -> float | None:
+        """When this terminal's silence must next be judged (None: not judged now)."""
+        seen = st.last_seen
+        if st.state != ONLINE or seen is None:
+            return None
+        due = seen + self._offline_after
+        fu = st.flap_until
+        if fu is not None and seen + self._flap_after <= fu:
+            due = seen + self._flap_after
+        mu = st.maintenance_until
+        if mu is not None and due < mu + self._offline_after:
+            due = mu + self._offline_after
+        return max(due, self._judge_from)
+
+    def _schedule(self, st: TerminalState) -> None:
+        due = self._due(st)
+        if due is not None:
+            st.sched = due
+            heapq.heappush(self._silence, (due, st.terminal_id))
+
+    def _offline(self, st: TerminalState, now: float, reason: str) -> Sequence[Signal]:
+        """The terminal is offline now (silence, a flap, or a live Last Will)."""
+        self._set_state(st, OFFLINE, now)
+        self._mark(st)
+        self._corr.went_offline(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
+        ctx = self._ctx.reset(st, None, now)
+        return went_offline(ctx, reason, st.last_seen)
+
+    def _set_state(self, st: TerminalState, new: str, now: float) -> None:
+        old = st.state
+        if old == new:
+            return
+        self._tally[(old, st.model)] -= 1
+        self._tally[(new, st.model)] += 1
+        labels = group_labels(st.model, st.fw, st.net_type)
+        if old == ONLINE:
+            self._corr.active.subtract(labels)
+        elif new == ONLINE:
+            self._corr.active.update(labels)
+        if st.merchant_id is not None:
+            if old == SHUTDOWN:
+                self._corr.merchant_size[st.merchant_id] += 1
+            elif new == SHUTDOWN:
+                self._corr.merchant_size[st.merchant_id] -= 1
+        st.state, st.state_at = new, now
+
+    def _set_merchant(self, st: TerminalState, merchant_id: str) -> None:
+        if st.state != SHUTDOWN:
+            if st.merchant_id is not None:
+                self._corr.merchant_size[st.merchant_id] -= 1
+            self._corr.merchant_size[merchant_id] += 1
+        st.merchant_id = self._intern(merchant_id)
+
+    def _regroup(self, st: TerminalState, model: str | None, fw: str | None, net_type: str | None) -> None:
+        """Model, firmware or link type changed: move the terminal between groups."""
+        if st.state == ONLINE:
+            self._corr.active.subtract(group_labels(st.model, st.fw, st.net_type))
+            self._corr.active.update(group_labels(model, fw, net_type))
+        self._tally[(st.state, st.model)] -= 1
+        st.model, st.fw, st.net_type = self._intern(model), self._intern(fw), self._intern(net_type)
+        self._tally[(st.state, st.model)] += 1
+
+    def _mark(self, st: TerminalState) -> None:
+        if not st.dirty:
+            st.dirty = True
+            self._dirty.append(st)
+
+    def _remember_txn(self, key: tuple[str, str]) -> None:
+        cap = self._cfg.recent_txn_keys
+        if cap <= 0:
+            return
+        self._recent[key] = None
+        if len(self._recent) > cap:
+            del self._recent[next(iter(self._recent))]
+
+    # ---- clock ----------------------------------------------------------------------------
+
+    def tick(self, now: float) -> list[Effect]:
+        """Judge silence and every deadline that has come; cost follows what is due."""
+        sigs: list[Signal] = []
+        heap = self._silence
+        while heap and heap[0][0] <= now:
+            due, tid = heapq.heappop(heap)
+            st = self._terms.get(tid)
+            if st is None or st.sched != due:
+                continue
+            st.sched = None
+            real = self._due(st)
+            if real is None:
+                continue
+            if real > now:
+                st.sched = real
+                heapq.heappush(heap, (real, tid))
+                continue
+            seen = st.last_seen or 0.0
+            flapping = st.flap_until is not None and seen + self._flap_after <= st.flap_until
+            sigs.extend(self._offline(st, now, "flap" if flapping else "silence"))
+        wakes = self._wakes
+        while wakes and wakes[0][0] <= now:
+            _, tid = heapq.heappop(wakes)
+            st = self._terms.get(tid)
+            if st is not None:
+                sigs.extend(comm_errors_due(self._ctx.reset(st, None, now)))
+        sigs.extend(self._settle.tick(now))
+        out: list[Effect] = self._signals(sigs, now) if sigs else []
+        out.extend(self._book.tick(now))
+        out.extend(self._corr.tick(now))
+        for tid in [t for t, until in self._maint.items() if until <= now]:
+            del self._maint[tid]
+        return out
+
+    def _signals(self, sigs: Iterable[Signal], now: float) -> list[Effect]:
+        out: list[Effect] = []
+        for sig in sigs:
+            out.extend(self._book.apply(sig))
+        out.extend(self._corr.settle(now))
+        return out
+
+    # ---- operator actions -----------------------------------------------------------------
+
+    def acknowledge(self, incident_id: str, now: float) -> list[Effect]:
+        """Ack an open incident; KeyError when unknown or not open."""
+        return list(self._book.acknowledge(incident_id, now))
+
+    def resolve(self, incident_id: str, now: float) -> list[Effect]:
+        """Manual resolve; if the condition still holds, its next evidence opens a new incident."""
+        inc = self._book.get(incident_id)
+        if inc is None:
+            raise KeyError(incident_id)
+        out: list[Effect] = list(self._book.resolve(incident_id, now))
+        if inc.scope == "terminal" and inc.terminal_id is not None and inc.kind in KIND_MASK:
+            st = self._terms.get(inc.terminal_id)
+            if st is not None:
+                st.conds &= ~KIND_MASK[inc.kind]
+        out.extend(self._corr.settle(now))
+        return out
+
+    def set_maintenance(self, terminal_id: str, until: float | None, now: float) -> list[Effect]:
+        """Put a terminal in maintenance until ``until`` (None ends it): nothing opens for it."""
+        st = self._terms.get(terminal_id)
+        if st is None:
+            st = self._create(terminal_id, None)
+        st.maintenance_until = until
+        if until is not None and until > now:
+            self._maint[terminal_id] = until
+        else:
+            self._maint.pop(terminal_id, None)
+        self._mark(st)
+        if st.sched is None:
+            self._schedule(st)
+        return []
+
+    # ---- reading --------------------------------------------------------------------------
+
+    def take_dirty_terminals(self) -> list[TerminalRecord]:
+        """Records of the terminals changed since the last call (one per terminal)."""
+        dirty, self._dirty = self._dirty, []
+        out = []
+        for st in dirty:
+            st.dirty = False
+            out.append(to_record(st))
+        return out
+
+    def take_dirty_batches(self) -> list[BatchRecord]:
+        """Batch records changed since the last call (the settlement book's)."""
+        return self._settle.take_dirty()
+
+    def terminal(self, terminal_id: str) -> TerminalRecord | None:
+        """What the engine knows of one terminal."""
+        st = self._terms.get(terminal_id)
+        return None if st is None else to_record(st)
+
+    def incident(self, incident_id: str) -> Incident | None:
+        """An open incident (resolved ones live in the store)."""
+        return self._book.get(incident_id)
+
+    def snapshot(self, now: float) -> FleetSnapshot:
+        """Immutable counts for /metrics; cost follows models and open incidents, not terminals."""
+        tally: Counter[tuple[str, str | None]] = Counter(self._tally)
+        for tid, until in self._maint.items():
+            st = self._terms.get(tid)
+            if st is not None and until > now:
+                tally[(st.state, st.model)] -= 1
+                tally[(MAINTENANCE, st.model)] += 1
+        open_, pageable = incident_counts(self._book.open_incidents())
+        money = self._settle.summary(now)
+        return FleetSnapshot(
+            at=now,
+            terminals=freeze(bound_models(tally)),  # type: ignore[arg-type]
+            incidents_open=freeze(open_),  # type: ignore[arg-type]
+            incidents_pageable=freeze(pageable),  # type: ignore[arg-type]
+            unsettled_minor=freeze(money.unsettled_minor),  # type: ignore[arg-type]
+            oldest_unsettled_age_s=freeze(money.oldest_unsettled_age_s),  # type: ignore[arg-type]
+            gaps_open=freeze(money.open_gaps),  # type: ignore[arg-type]
+            open_batches=money.open_batches,
+        )

@@ -1,0 +1,169 @@
+"""The Engine's surface as the pipeline uses it: effects, dedupe, restore, operator actions."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from fleetwatch.config import DetectSettings, SettlementSettings
+from fleetwatch.core.engine import Engine
+from fleetwatch.core.messages import Envelope, Settlement
+from fleetwatch.core.model import IncidentWrite, SettlementWrite, TxnWrite
+from tests.golden import heartbeat_env, state_env, txn_env
+
+CFG = DetectSettings(heartbeat_interval_s=1.0)
+CORE = Path(__file__).resolve().parents[2] / "fleetwatch" / "core"
+MINE = ["state", "attribution", "rules", "incidents", "correlation", "engine", "snapshot"]
+
+
+def engine(start: float = 0.0) -> Engine:
+    ids = itertools.count(1)
+    e = Engine(CFG, SettlementSettings(), new_id=lambda: f"i{next(ids)}")
+    e.restore([], [], [], [], start)
+    return e
+
+
+def writes(effects: Sequence[object]) -> list[IncidentWrite]:
+    return [e for e in effects if isinstance(e, IncidentWrite)]
+
+
+def run_ticks(e: Engine, start: float, end: float) -> list[IncidentWrite]:
+    out: list[IncidentWrite] = []
+    t = start
+    while t <= end:
+        out.extend(writes(e.tick(t)))
+        t += 0.25
+    return out
+
+
+def test_txn_is_written_once_and_redeliveries_are_dropped() -> None:
+    """Each accepted txn gives one TxnWrite; a QoS 1 redelivery of its txn_id gives nothing."""
+    e = engine()
+    first = e.apply(txn_env("T1", 1.0, "T1-000001"))
+    assert [type(x) for x in first] == [TxnWrite]
+    assert e.apply(txn_env("T1", 2.0, "T1-000001")) == []
+
+
+def test_recent_txn_keys_survive_restore() -> None:
+    """Keys restored from the store still drop redeliveries after a restart."""
+    e = Engine(CFG, SettlementSettings())
+    e.restore([], [], [], [("T1", "T1-000001")], 0.0)
+    assert e.apply(txn_env("T1", 1.0, "T1-000001")) == []
+
+
+def test_settlement_message_is_written() -> None:
+    """A host Settlement comes back as a SettlementWrite."""
+    e = engine()
+    s = Settlement(v=1, merchant_id="M1", terminal_id="T1", batch_no=1, business_date="2026-11-22",
+                   settled_count=0, settled_amount_minor=0, currency="CNY", credited_at=1000)
+    out = e.apply(Envelope("settlement", s, 1.0))
+    assert any(isinstance(x, SettlementWrite) for x in out)
+
+
+def test_silence_is_not_judged_right_after_start() -> None:
+    """After restore, silence waits offline_after_missed intervals (the daemon was away)."""
+    e = Engine(CFG, SettlementSettings())
+    rec_engine = engine()
+    rec_engine.apply(heartbeat_env("T1", 1.0, 1))
+    records = rec_engine.take_dirty_terminals()
+    e.restore(records, [], [], [], 100.0)
+    assert run_ticks(e, 100.0, 102.9) == []
+    opened = run_ticks(e, 103.0, 104.0)
+    assert [w.incident.cause for w in opened] == ["offline"]
+
+
+def test_restart_keeps_open_incident_and_clears_it() -> None:
+    """An incident open across a restart is adopted: the recovery resolves it, no duplicate opens."""
+    e0 = engine()
+    opened = writes(e0.apply(heartbeat_env("T1", 1.0, 1, printer="jam")))
+    inc = opened[0].incident
+    e2 = Engine(CFG, SettlementSettings())
+    e2.restore(e0.take_dirty_terminals(), [inc], [], [], 5.0)
+    assert writes(e2.apply(heartbeat_env("T1", 5.5, 2, printer="jam"))) == []
+    resolved: list[IncidentWrite] = []
+    for seq, t in enumerate((6.5, 7.5, 8.5, 9.5), start=3):
+        e2.apply(heartbeat_env("T1", t, seq))
+        resolved += run_ticks(e2, t, t + 0.75)  # resolves 3 intervals after the fault went away
+    assert [(w.incident.id, w.event.type) for w in resolved] == [(inc.id, "resolved")]
+
+
+def test_ack_and_manual_resolve_and_unknown_ids() -> None:
+    """ack / resolve return writes; an unknown id is a KeyError; a still-present fault reopens."""
+    e = engine()
+    inc = writes(e.apply(heartbeat_env("T1", 1.0, 1, printer="jam")))[0].incident
+    assert writes(e.acknowledge(inc.id, 1.5))[0].incident.status == "acknowledged"
+    assert e.incident(inc.id) is not None
+    assert writes(e.resolve(inc.id, 2.0))[0].event.type == "resolved"
+    again = writes(e.apply(heartbeat_env("T1", 2.5, 2, printer="jam")))
+    assert again[0].event.type == "reopened"
+    assert again[0].incident.previous_id == inc.id
+    with pytest.raises(KeyError):
+        e.acknowledge("nope", 3.0)
+    with pytest.raises(KeyError):
+        e.resolve(inc.id, 3.0)
+
+
+def test_every_transition_is_an_incident_write_with_detection_time() -> None:
+    """The opening write carries detected_from (receive time of the deciding message)."""
+    e = engine()
+    w = writes(e.apply(heartbeat_env("T1", 7.0, 1, tamper=True)))
+    assert w[0].event.type == "opened"
+    assert w[0].detected_from == 7.0
+
+
+def test_retained_state_never_proves_liveness() -> None:
+    """A retained 'online' from the broker does not refresh last_seen."""
+    e = engine()
+    e.apply(heartbeat_env("T1", 1.0, 1))
+    e.apply(state_env("T1", 50.0, "online", retained=True))
+    rec = e.terminal("T1")
+    assert rec is not None
+    assert rec.last_seen == 1.0
+
+
+def test_snapshot_bounds_models_and_counts_states() -> None:
+    """Terminals by (state, model) with at most 20 models + other; incidents by kind/severity/scope."""
+    e = engine()
+    for i in range(30):
+        e.apply(heartbeat_env(f"T{i}", 1.0, 1, model=f"M{i}", printer="jam" if i == 0 else "ok"))
+    e.set_maintenance("T1", 100.0, 1.0)
+    snap = e.snapshot(2.0)
+    models = {m for _, m in snap.terminals}
+    assert len(models) <= 21
+    assert "other" in models
+    assert sum(snap.terminals.values()) == 30
+    assert sum(n for (s, _), n in snap.terminals.items() if s == "maintenance") == 1
+    assert snap.incidents_open == {("printer", "major", "terminal"): 1}
+    assert snap.incidents_pageable == {("printer", "major", "terminal"): 1}
+    with pytest.raises(TypeError):
+        snap.terminals[("online", "x")] = 1  # type: ignore[index]
+
+
+def test_tick_only_looks_at_due_deadlines() -> None:
+    """The silence heap holds one entry per terminal; a tick with nothing due pops nothing."""
+    e = engine()
+    for i in range(1000):
+        e.apply(heartbeat_env(f"T{i}", 1.0, 1))
+    heap = e._silence
+    before = len(heap)
+    e.tick(2.0)
+    assert len(heap) == before == 1000
+
+
+def test_core_does_no_io() -> None:
+    """core/ imports no asyncio, logging, sockets or files (the decisions are pure)."""
+    banned = {"asyncio", "logging", "socket", "os", "pathlib", "structlog", "sqlite3", "time"}
+    for name in MINE:
+        tree = ast.parse((CORE / f"{name}.py").read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                mods = [a.name.split(".")[0] for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                mods = [(node.module or "").split(".")[0]]
+            else:
+                continue
+            assert not banned.intersection(mods), (name, mods)
