@@ -6,7 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from fleetwatch import __version__
 from fleetwatch.config import effective_settings, load_settings
@@ -30,6 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop where it is installed (measured faster for ingest: docs/PERFORMANCE.md), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] in ("simulate", "score"):
@@ -49,7 +58,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fleetwatch.logs import configure_logging
 
             configure_logging(settings.log)
-            return asyncio.run(run_daemon(settings))
+            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+                return runner.run(run_daemon(settings))
         if args.command == "demo":
             from fleetwatch.demo import run_demo
 
