@@ -44,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args_list and args_list[0] in ("simulate", "score"):
         from fleetwatch.sim.cli import score_main, simulate_main
 
-        runner = simulate_main if args_list[0] == "simulate" else score_main
-        return runner(args_list[1:])
+        command = simulate_main if args_list[0] == "simulate" else score_main
+        return command(args_list[1:])
     args = _parser().parse_args(args_list)
     try:
         if args.command == "check-config":
@@ -58,8 +58,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             from fleetwatch.logs import configure_logging
 
             configure_logging(settings.log)
-            with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-                return runner.run(run_daemon(settings))
+            with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
+                code: int = loop_runner.run(run_daemon(settings))
+            return code
         if args.command == "demo":
             from fleetwatch.demo import run_demo
 

@@ -199,6 +199,12 @@ class Pipeline:
 
     def _count_incident(self, write: IncidentWrite, now: float) -> None:
         incident, event = write.incident, write.event
+        if event.type in ("opened", "reopened", "resolved", "escalated", "cause_changed"):
+            # Suppressed children of an outage would be thousands of lines saying one thing.
+            emit = log.debug if incident.suppressed else log.info
+            emit(f"incident {event.type}", incident_id=incident.id, kind=incident.kind, cause=incident.cause,
+                 severity=incident.severity, scope=incident.scope, terminal_id=incident.terminal_id,
+                 merchant_id=incident.merchant_id, parent_id=incident.parent_id)
         if event.type in ("opened", "reopened"):
             self._metrics.opened.labels(kind=incident.kind, scope=incident.scope).inc()
             if write.detected_from is not None:

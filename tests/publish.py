@@ -10,6 +10,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 
 
 def now_ms() -> int:
@@ -67,7 +68,7 @@ class Publisher:
     def __init__(self, url: str, prefix: str, client_id: str = "") -> None:
         parts = urlsplit(url)
         self.prefix = prefix
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id)
         self.client.max_inflight_messages_set(1000)
         self.client.connect(parts.hostname or "127.0.0.1", parts.port or 1883)
         self.client.loop_start()

@@ -55,7 +55,7 @@ def test_every_payload_type_is_applied_and_counted(daemon: Daemon, broker: Broke
     assert db_rows(daemon.db_path, "select model, fw from terminals where terminal_id='T1'") == [("P60", "3.0.2")]
 
 
-BAD_MESSAGES = [
+BAD_MESSAGES: list[tuple[str, str, str | bytes]] = [
     ("json", "term/R1/heartbeat", b"{not json"),
     ("schema", "term/R1/heartbeat", json.dumps({"v": 1, "terminal_id": "R1", "merchant_id": "M1", "ts": 1})),
     ("version", "term/R1/heartbeat", json.dumps({**heartbeat("R1"), "v": 2})),
@@ -81,9 +81,10 @@ def test_each_rejection_reason_is_counted_kept_and_applies_nothing(daemon: Daemo
     assert terminal_or_none(daemon, "R2") is None
     assert daemon.stop() == 0
     letters = db_rows(daemon.db_path, "select reason, payload_excerpt from dead_letters order by id")
-    assert sorted(r for r, _ in letters) == sorted(r for r, _, _ in BAD_MESSAGES)
-    assert dict(letters)["pan"] is None
-    assert dict(letters)["json"] == "{not json"
+    excerpts = {str(reason): excerpt for reason, excerpt in letters}
+    assert sorted(excerpts) == sorted(r for r, _, _ in BAD_MESSAGES)
+    assert excerpts["pan"] is None
+    assert excerpts["json"] == "{not json"
 
 
 def test_pan_appears_nowhere_and_long_ids_are_not_pans(daemon: Daemon, broker: Broker) -> None:
