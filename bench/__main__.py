@@ -1,4 +1,4 @@
-"""``python -m bench publisher|ingest|memory|restart|metrics|latency|all [--smoke]``.
+"""``python -m bench {publisher|ingest|memory|restart|metrics|latency|all}... [--smoke]``.
 
 Prints each figure as a table and rewrites its section of docs/PERFORMANCE.md
 (``--no-report`` to leave the file alone). Exit 1 when any figure missed its target or
@@ -17,7 +17,7 @@ from bench import harness, report
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
-    p.add_argument("what", choices=("publisher", "ingest", "memory", "restart", "metrics", "latency", "all"))
+    p.add_argument("what", nargs="+", choices=("publisher", "ingest", "memory", "restart", "metrics", "latency", "all"))
     p.add_argument("--smoke", action="store_true", help="tiny and fast (2,000 messages); no speed targets")
     p.add_argument("--terminals", type=int, default=None, help="fleet of the ingest stream (default 20,000)")
     p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 600,000)")
@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         messages=a.messages or (2_000 if smoke else 600_000),
         rate=a.rate, connections=a.connections, fleet=a.fleet, smoke=smoke, no_daemon=a.no_daemon,
     )
-    figs = asyncio.run(_run(a.what, opts))
+    figs = asyncio.run(_run(set(a.what), opts))
     for fig in figs:
         print(fig.table())
         print()
@@ -45,15 +45,18 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(f.ok for f in figs) else 1
 
 
-async def _run(what: str, opts: harness.Options) -> list[report.Figure]:
+async def _run(what: set[str], opts: harness.Options) -> list[report.Figure]:
+    """Run the chosen figures; memory, restart and metrics share one million-terminal fleet."""
+    if "all" in what:
+        what = {"ingest", "latency", "memory", "restart", "metrics"}
     figs: list[report.Figure] = []
-    if what == "publisher":
+    if "publisher" in what:
         figs.append(await harness.figure_publisher(opts))
-    if what in ("ingest", "all"):
+    if "ingest" in what:
         figs += await harness.figure_ingest(opts)
-    if what in ("latency", "all"):
+    if "latency" in what:
         figs.append(await harness.figure_latency(opts))
-    fleet_figs = {"memory", "restart", "metrics"} if what == "all" else {what} & {"memory", "restart", "metrics"}
+    fleet_figs = what & {"memory", "restart", "metrics"}
     if fleet_figs:
         figs += await harness.figure_fleet(opts, fleet_figs)
     return figs

@@ -12,15 +12,16 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
-from fleetwatch.adapters.metrics import GaugeSnapshot, Metrics
+from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.config import Settings
 from fleetwatch.core.decode import Decoder, Rejection
 from fleetwatch.core.messages import MESSAGE_TYPES, Envelope
 from fleetwatch.core.model import BatchRecord, Effect, IncidentWrite, TerminalRecord
+from fleetwatch.core.snapshot import FleetSnapshot
 from fleetwatch.logs import RateLimitedLog
 
 log = structlog.get_logger("fleetwatch.pipeline")
@@ -35,7 +36,7 @@ class Decider(Protocol):
     def tick(self, now: float) -> list[Effect]: ...
     def take_dirty_terminals(self) -> list[TerminalRecord]: ...
     def take_dirty_batches(self) -> list[BatchRecord]: ...
-    def snapshot(self, now: float) -> Any: ...
+    def snapshot(self, now: float) -> FleetSnapshot: ...
 
 
 class EffectStore(Protocol):
@@ -240,15 +241,7 @@ class Pipeline:
     def refresh_snapshot(self, now: float) -> None:
         """Swap in a fresh immutable snapshot for the metrics collector."""
         self._last_snapshot = now
-        snap = self._engine.snapshot(now)
-        self._metrics.snapshot = GaugeSnapshot(
-            terminals=snap.terminals,
-            incidents_open=snap.incidents_open,
-            incidents_pageable=snap.incidents_pageable,
-            unsettled_minor=snap.unsettled_minor,
-            oldest_unsettled_age_s=snap.oldest_unsettled_age_s,
-            gaps_open=snap.gaps_open,
-        )
+        self._metrics.snapshot = self._engine.snapshot(now)
         self._metrics.store_queue.set(len(self._pending))
 
     # ---- shutdown --------------------------------------------------------------------

@@ -13,6 +13,7 @@ from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.config import load_settings
 from fleetwatch.core.messages import Envelope
 from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, TerminalRecord
+from fleetwatch.core.snapshot import FleetSnapshot
 from fleetwatch.errors import StoreError
 from fleetwatch.logs import RateLimitedLog
 from fleetwatch.pipeline import Pipeline
@@ -38,8 +39,8 @@ class FakeEngine:
     def take_dirty_batches(self) -> list[BatchRecord]:
         return []
 
-    def snapshot(self, now: float) -> None:
-        return None
+    def snapshot(self, now: float) -> FleetSnapshot:
+        return FleetSnapshot(at=now)
 
 
 class FakeStore:

@@ -10,8 +10,7 @@ Every label combination the dashboards read is emitted from the start with value
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -21,6 +20,7 @@ from fleetwatch import __version__
 from fleetwatch.core.decode import REJECT_REASONS
 from fleetwatch.core.messages import MESSAGE_TYPES
 from fleetwatch.core.model import KINDS, SCOPES, SEVERITIES
+from fleetwatch.core.snapshot import FleetSnapshot
 
 TERMINAL_STATES = ("online", "offline", "shutdown", "maintenance")
 GAP_CAUSES = ("batch_not_closed", "totals_mismatch", "not_settled", "settled_short", "saf_backlog")
@@ -36,25 +36,10 @@ def major_units(amount_minor: int, currency: str) -> float:
     return float(amount_minor) / float(10**exponent)
 
 
-@dataclass(frozen=True, slots=True)
-class GaugeSnapshot:
-    """What the fleet looks like at one instant, for the gauges."""
-
-    terminals: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    """(state, model) -> count; models are already bounded by the engine."""
-    incidents_open: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
-    """(kind, severity, scope) -> open incidents."""
-    incidents_pageable: Mapping[tuple[str, str, str], int] = field(default_factory=dict)
-    unsettled_minor: Mapping[tuple[str, str], int] = field(default_factory=dict)
-    """(currency, cause) -> money at stake in minor units."""
-    oldest_unsettled_age_s: Mapping[str, float] = field(default_factory=dict)
-    gaps_open: Mapping[str, int] = field(default_factory=dict)
-
-
 class SnapshotCollector(Collector):
-    """Reads the latest GaugeSnapshot; never the live engine state."""
+    """Reads the latest FleetSnapshot; never the live engine state."""
 
-    def __init__(self, current: Callable[[], GaugeSnapshot]) -> None:
+    def __init__(self, current: Callable[[], FleetSnapshot]) -> None:
         self._current = current
 
     def collect(self) -> Iterator[Metric]:
@@ -64,7 +49,7 @@ class SnapshotCollector(Collector):
         yield from self._settlement(snap)
 
     @staticmethod
-    def _terminals(snap: GaugeSnapshot) -> Metric:
+    def _terminals(snap: FleetSnapshot) -> Metric:
         family = GaugeMetricFamily(
             "fleetwatch_terminals", "Terminals known to the daemon by state and model.", labels=["state", "model"],
         )
@@ -77,7 +62,7 @@ class SnapshotCollector(Collector):
         return family
 
     @staticmethod
-    def _incidents(snap: GaugeSnapshot) -> Iterator[Metric]:
+    def _incidents(snap: FleetSnapshot) -> Iterator[Metric]:
         for name, doc, values in (
             ("fleetwatch_incidents_open", "Open incidents (acknowledged included).", snap.incidents_open),
             ("fleetwatch_incidents_pageable", "Open incidents that are not suppressed by a parent.",
@@ -91,7 +76,7 @@ class SnapshotCollector(Collector):
             yield family
 
     @staticmethod
-    def _settlement(snap: GaugeSnapshot) -> Iterator[Metric]:
+    def _settlement(snap: FleetSnapshot) -> Iterator[Metric]:
         amount = GaugeMetricFamily(
             "fleetwatch_settlement_unsettled_amount",
             "Approved money not yet credited to merchants, in major currency units, by gap cause.",
@@ -125,7 +110,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.snapshot = GaugeSnapshot()
+        self.snapshot = FleetSnapshot(at=0.0)
         self.received = Counter(
             "fleetwatch_messages_received", "Messages accepted, by type.", ["type"], registry=r,
         )

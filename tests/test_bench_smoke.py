@@ -1,0 +1,26 @@
+"""A small run of the benchmark harness, so CI notices when bench/ stops working."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_ingest_smoke_runs_end_to_end_without_loss() -> None:
+    """`python -m bench ingest --smoke` starts broker + daemon, streams, and reports zero loss.
+
+    The smoke has no speed targets (timing is never asserted in tests); it fails only when
+    a message or a stored transaction is missing or the daemon does not exit cleanly.
+    """
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "ingest", "--smoke", "--no-report"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "transactions stored" in result.stdout
