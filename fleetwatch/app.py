@@ -103,7 +103,7 @@ async def _run_with_store(settings: Settings, store: SqliteStore, started: float
         await pipeline.submit(effects)
 
     app = build_app(
-        token=api_token(settings), metrics=metrics, reads=store, decisions=engine, commit=commit,
+        token=api_token(settings), exposition=metrics.exposition, reads=store, decisions=engine, commit=commit,
         ready=lambda: source.connected, clock=time.time,
     )
     host, port = settings.http.host_port

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -17,8 +17,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
 
 from fleetwatch import __version__
-from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.core.model import BatchRecord, Effect, Incident, IncidentEvent, TerminalRecord
+from fleetwatch.timefmt import parse_time, rfc3339
 
 
 class Reads(Protocol):
@@ -50,23 +50,6 @@ class Decisions(Protocol):
 
 
 Commit = Callable[[list[Effect]], Awaitable[None]]
-
-
-def rfc3339(ts: float | None) -> str | None:
-    """Epoch seconds -> ``2026-11-23T10:15:02.120Z`` (UTC, milliseconds)."""
-    if ts is None:
-        return None
-    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def parse_time(value: str | float) -> float:
-    """RFC 3339 text or epoch seconds -> epoch seconds."""
-    if isinstance(value, int | float):
-        return float(value)
-    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.timestamp()
 
 
 class IncidentOut(BaseModel):
@@ -202,7 +185,7 @@ class BearerToken:
 def build_app(
     *,
     token: str,
-    metrics: Metrics,
+    exposition: Callable[[], bytes],
     reads: Reads,
     decisions: Decisions,
     commit: Commit,
@@ -215,7 +198,7 @@ def build_app(
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
-        return Response(metrics.exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        return Response(exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> dict[str, str]:

@@ -19,9 +19,9 @@ from typing import Any
 import httpx
 import structlog
 
-from fleetwatch.adapters.http import rfc3339
 from fleetwatch.config import NotifySettings
 from fleetwatch.core.model import SEVERITY_RANK, Effect, Incident, IncidentWrite
+from fleetwatch.timefmt import rfc3339
 
 log = structlog.get_logger("fleetwatch.notify")
 

@@ -1,0 +1,57 @@
+"""The layering docs/ARCHITECTURE.md promises, checked on the source: decisions pure, I/O at the edge."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "fleetwatch"
+
+# What the pure core may import besides the standard library's pure modules.
+CORE_ALLOWED_THIRD_PARTY = {"msgspec", "pydantic"}
+CORE_ALLOWED_OWN = ("fleetwatch.core", "fleetwatch.errors", "fleetwatch.config")
+# Standard-library modules that do I/O, concurrency or logging: never in core.
+CORE_FORBIDDEN_STDLIB = {"asyncio", "socket", "logging", "sqlite3", "threading", "subprocess", "os",
+                         "time", "random", "selectors", "ssl", "http", "urllib", "io", "shutil"}
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "core").glob("*.py")), ids=lambda p: p.name)
+def test_core_does_no_io(path: Path) -> None:
+    """core/ imports only pure stdlib modules, msgspec/pydantic and its own kin: no asyncio, sockets, files, logs."""
+    for module in imported_modules(path):
+        top = module.split(".")[0]
+        if module == "__future__" or module.startswith(CORE_ALLOWED_OWN):
+            continue
+        if top in sys.stdlib_module_names:
+            assert top not in CORE_FORBIDDEN_STDLIB, f"{path.name} imports {module}"
+            continue
+        assert top in CORE_ALLOWED_THIRD_PARTY, f"{path.name} imports {module}"
+
+
+@pytest.mark.parametrize("path", sorted((PACKAGE / "adapters").glob("*.py")), ids=lambda p: p.name)
+def test_adapters_never_import_each_other(path: Path) -> None:
+    """An adapter can be swapped alone: none imports another (only pipeline and app see them all)."""
+    for module in imported_modules(path):
+        assert not module.startswith("fleetwatch.adapters"), f"{path.name} imports {module}"
+        assert module not in ("fleetwatch.pipeline", "fleetwatch.app"), f"{path.name} imports {module}"
+
+
+def test_only_the_mqtt_adapter_knows_gmqtt() -> None:
+    """Swapping the MQTT library touches one file (docs/decisions/0001-gmqtt.md)."""
+    users = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+                   if any(m.split(".")[0] == "gmqtt" for m in imported_modules(p)))
+    assert users == ["adapters/mqtt.py"]
