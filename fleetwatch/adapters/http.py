@@ -326,6 +326,12 @@ def build_app(
             currencies=summarise_day(batches),
         )
 
+    @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], dependencies=auth,
+                   include_in_schema=False)
+    async def unknown_api_path(rest: str) -> Response:
+        """Registered last: an unknown path under /api/ is 401 without a token, 404 with one."""
+        raise HTTPException(status_code=404, detail=f"no such API path: /api/{rest}")
+
     @app.exception_handler(KeyError)
     async def _missing(_request: Request, exc: KeyError) -> Response:
         return Response(status_code=404, content=f'{{"detail": "not found: {exc}"}}', media_type="application/json")

@@ -454,7 +454,9 @@ class Engine:
         if inc.scope == "terminal" and inc.terminal_id is not None and inc.kind in KIND_MASK:
             st = self._terms.get(inc.terminal_id)
             if st is not None:
-                st.conds &= ~KIND_MASK[inc.kind]
+                mask = KIND_MASK[inc.kind]
+                st.resolved_conds |= st.conds & mask
+                st.conds &= ~mask
         out.extend(self._corr.settle(now))
         return out
 

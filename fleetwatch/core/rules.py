@@ -153,15 +153,25 @@ class Ctx:
         if self.maint:
             return NOTHING
         st = self.st
-        st.conds |= COND_BITS[(kind, cause)]
+        bit = COND_BITS[(kind, cause)]
+        st.conds |= bit
+        st.resolved_conds &= ~bit
         if top_cause(kind, st.conds) != cause:
             return NOTHING  # a more important cause of the same kind names the incident
         return (self._finding(kind, cause, evidence),)
+
+    def held(self, mask: int) -> int:
+        """The conditions of ``mask`` that hold, or held until an operator resolved them."""
+        return (self.st.conds | self.st.resolved_conds) & mask
 
     def drop(self, kind: Kind, mask: int) -> Sequence[Signal]:
         """The conditions in ``mask`` no longer hold: Clear, or hand over to the next cause."""
         st = self.st
         if not st.conds & mask:
+            if st.resolved_conds & mask:
+                # Resolved by hand while it held; now it is really gone: a later one is new.
+                st.resolved_conds &= ~mask
+                return (Clear(terminal_key(st.terminal_id, kind), self.now),)
             return NOTHING
         st.conds &= ~mask
         rest = top_cause(kind, st.conds)
@@ -210,7 +220,7 @@ def reader_self_test(ctx: Ctx) -> Sequence[Signal]:
     if r is None:
         return NOTHING
     if r.chip != "fault" and r.msr != "fault" and r.ctls != "fault":
-        return ctx.drop("reader", SELF_TEST_BIT) if ctx.st.conds & SELF_TEST_BIT else NOTHING
+        return ctx.drop("reader", SELF_TEST_BIT)
     if ctx.st.conds & SELF_TEST_BIT:
         return NOTHING
     faulty = [name for name, v in (("chip", r.chip), ("msr", r.msr), ("ctls", r.ctls)) if v == "fault"]
@@ -267,13 +277,13 @@ def weak_signal(ctx: Ctx) -> Sequence[Signal]:
 def error_runs_expire(ctx: Ctx) -> Sequence[Signal]:
     """Comm and print error conditions end when their last error is a window old."""
     st = ctx.st
-    if not st.conds & (COMM_BIT | PRINT_ERR_BIT) or st.errors is None:
+    if not ctx.held(COMM_BIT | PRINT_ERR_BIT) or st.errors is None:
         return NOTHING
     window = ctx.cfg.intervals(ctx.cfg.correlation_window_intervals)
     out: list[Signal] = []
-    if st.conds & COMM_BIT and ctx.now - st.errors.comm_last >= window:
+    if ctx.held(COMM_BIT) and ctx.now - st.errors.comm_last >= window:
         out.extend(ctx.drop("network", COMM_BIT))
-    if st.conds & PRINT_ERR_BIT and ctx.now - st.errors.print_last >= window:
+    if ctx.held(PRINT_ERR_BIT) and ctx.now - st.errors.print_last >= window:
         out.extend(ctx.drop("printer", PRINT_ERR_BIT))
     return out
 
@@ -367,7 +377,7 @@ def config_codes(ctx: Ctx) -> Sequence[Signal]:
     assert a is not None
     if a.blame == "config" and a.config_cause is not None:
         return ctx.hold("config", a.config_cause, {"rc": ctx.msg.rc})
-    if ctx.msg.outcome == "approved" and ctx.st.conds & CONFIG_MASK:
+    if ctx.msg.outcome == "approved" and ctx.held(CONFIG_MASK):
         return ctx.drop("config", CONFIG_MASK)
     return NOTHING
 
@@ -410,7 +420,7 @@ def reader_behaviour(ctx: Ctx) -> Sequence[Signal]:
             rs.fails = fails = None
     if rs.baseline is None:
         _learn_baseline(rs, cfg, fails)
-    if not fails and not st.conds & READ_FAIL_BIT:
+    if not fails and not ctx.held(READ_FAIL_BIT):
         return NOTHING
     distinct_fail, cards = window_counts(rs, n_window)
     base = rs.baseline if rs.baseline is not None else cfg.reader_default_baseline
@@ -422,7 +432,7 @@ def reader_behaviour(ctx: Ctx) -> Sequence[Signal]:
             "failing_cards": distinct_fail, "cards": cards, "share": round(share, 4),
             "baseline_share": round(base, 4), "threshold_share": round(threshold, 4),
         })
-    if st.conds & READ_FAIL_BIT and (share < threshold / 2 or distinct_fail < cfg.reader_min_failing_cards):
+    if ctx.held(READ_FAIL_BIT) and (share < threshold / 2 or distinct_fail < cfg.reader_min_failing_cards):
         return ctx.drop("reader", READ_FAIL_BIT)
     return NOTHING
 

@@ -120,6 +120,7 @@ class TerminalState:
         "reader",
         "reader_fault",
         "reboots",
+        "resolved_conds",
         "rssi_dbm",
         "saf_oldest_ts_ms",
         "saf_pending",
@@ -162,6 +163,9 @@ class TerminalState:
         # detector bookkeeping (not persisted; rebuilt from open incidents at start)
         self.conds = 0
         """Bit set of the (kind, cause) conditions that currently hold (rules.COND_BITS)."""
+        self.resolved_conds = 0
+        """Conditions an operator resolved by hand while they still held: seeing them gone
+        later must still be told to the incident book, so the next one opens fresh."""
         self.batt_fired = 0
         """Battery alerts already raised since the last charge (1 low, 2 critical)."""
         self.weak_since: float | None = None

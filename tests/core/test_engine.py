@@ -107,6 +107,23 @@ def test_ack_and_manual_resolve_and_unknown_ids() -> None:
         e.resolve(inc.id, 3.0)
 
 
+@pytest.mark.parametrize(("fault", "healthy"), [
+    ({"printer": "no_paper"}, {"printer": "ok"}),
+    ({"tamper": True}, {"tamper": False}),
+    ({"reader": {"chip": "fault", "msr": "ok", "ctls": "ok"}}, {"reader": {"chip": "ok", "msr": "ok", "ctls": "ok"}}),
+])
+def test_fault_that_goes_away_after_a_manual_resolve_is_forgotten(
+    fault: dict[str, object], healthy: dict[str, object],
+) -> None:
+    """Resolved by hand, then really fixed, then broken again weeks later: a new incident, no previous_id."""
+    e = engine()
+    first = writes(e.apply(heartbeat_env("T1", 1.0, 1, **fault)))[0].incident
+    e.resolve(first.id, 2.0)
+    assert writes(e.apply(heartbeat_env("T1", 3.0, 2, **healthy))) == []
+    later = writes(e.apply(heartbeat_env("T1", 4.0, 3, **fault)))
+    assert [(w.event.type, w.incident.previous_id) for w in later] == [("opened", None)]
+
+
 def test_every_transition_is_an_incident_write_with_detection_time() -> None:
     """The opening write carries detected_from (receive time of the deciding message)."""
     e = engine()
