@@ -109,7 +109,7 @@ class Metrics:
 
     def __init__(self) -> None:
         # `_created` samples double the series count and no dashboard or rule reads them.
-        disable_created_metrics()
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # untyped in prometheus-client
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.snapshot = FleetSnapshot(at=0.0)
