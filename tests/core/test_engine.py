@@ -6,6 +6,7 @@ import ast
 import itertools
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -113,7 +114,7 @@ def test_ack_and_manual_resolve_and_unknown_ids() -> None:
     ({"reader": {"chip": "fault", "msr": "ok", "ctls": "ok"}}, {"reader": {"chip": "ok", "msr": "ok", "ctls": "ok"}}),
 ])
 def test_fault_that_goes_away_after_a_manual_resolve_is_forgotten(
-    fault: dict[str, object], healthy: dict[str, object],
+    fault: dict[str, Any], healthy: dict[str, Any],
 ) -> None:
     """Resolved by hand, then really fixed, then broken again weeks later: a new incident, no previous_id."""
     e = engine()
