@@ -81,7 +81,7 @@ async def _run_with_store(settings: Settings, store: SqliteStore, started: float
     engine = Engine(settings.detect, settings.settlement)
     open_incidents = await store.load_open_incidents()
     engine.restore(
-        await store.load_terminals(),
+        store.iter_terminals(),
         open_incidents,
         await store.load_open_batches(),
         await store.load_recent_txn_keys(RECENT_TXN_KEYS),

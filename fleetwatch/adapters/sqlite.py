@@ -600,24 +600,33 @@ class SqliteStore:
         return list(rows)
 
     async def load_terminals(self) -> list[TerminalRecord]:
-        """Every terminal, fetched LOAD_CHUNK rows per round trip (one statement: one snapshot).
+        """Every terminal as a list (tests and tools; the daemon streams ``iter_terminals``)."""
+        self._check_open()
+        return list(self.iter_terminals())
 
-        Meant for start-up, before the daemon takes messages: the cyclic GC is paused
-        meanwhile (see ``_gc_paused``).
+    def iter_terminals(self) -> Iterator[TerminalRecord]:
+        """Every terminal, streamed LOAD_CHUNK rows at a time, for the start-up restore.
+
+        Synchronous on purpose, on its own read-only connection: at start the event loop
+        has nothing else to do, and streaming lets the engine turn each chunk into its
+        compact state while only one chunk of records exists, so a million-terminal
+        restore neither builds a million transient records nor leaves their memory behind.
+        The cyclic GC is paused meanwhile (see ``_gc_paused``).
         """
         self._check_open()
-        out: list[TerminalRecord] = []
         try:
-            with _gc_paused():
-                cursor = await self._reader.execute(f"SELECT {_cols(TERMINAL_COLUMNS)} FROM terminals")
-                try:
-                    while chunk := await cursor.fetchmany(LOAD_CHUNK):
-                        out.extend(map(_terminal, chunk))
-                finally:
-                    await cursor.close()
+            conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed on {self._path}: {exc}") from exc
-        return out
+        try:
+            with _gc_paused():
+                cursor = conn.execute(f"SELECT {_cols(TERMINAL_COLUMNS)} FROM terminals")
+                while chunk := cursor.fetchmany(LOAD_CHUNK):
+                    yield from map(_terminal, chunk)
+        except sqlite3.Error as exc:
+            raise StoreError(f"store read failed on {self._path}: {exc}") from exc
+        finally:
+            conn.close()
 
     async def load_open_incidents(self) -> list[Incident]:
         """Incidents not resolved (open or acknowledged), oldest first."""
