@@ -183,3 +183,24 @@ def test_state_survives_a_kill(daemon: Daemon, broker: Broker) -> None:
     assert term is not None
     assert term["merchant_id"] == "MK"
     assert term["seq"] == 3
+
+
+def test_store_that_cannot_be_written_stops_the_daemon_with_an_error(daemon: Daemon, broker: Broker) -> None:
+    """Another process holding the database locked past the busy timeout is unrecoverable: the daemon
+    exits non-zero (so its supervisor restarts it) and never acknowledged the txn it could not store."""
+    daemon.start()
+    with sqlite3.connect(daemon.db_path, timeout=1, isolation_level=None) as blocker:
+        blocker.execute("BEGIN EXCLUSIVE")
+        try:
+            with publisher(broker.url, daemon.prefix) as pub:
+                pub.send("term/L1/txn", txn("L1", "L1-1"))
+            assert daemon.proc is not None
+            code = daemon.proc.wait(timeout=30)
+            daemon.proc = None
+        finally:
+            blocker.execute("ROLLBACK")
+    assert code == 1
+    assert "final store write failed" in daemon.logs() or "fatal error" in daemon.logs()
+    daemon.start()  # restarted: the unacknowledged txn is redelivered by the broker and stored
+    wait_until(lambda: db_rows(daemon.db_path, "select txn_id from transactions") == [("L1-1",)],
+               what="redelivered txn stored")
