@@ -86,6 +86,10 @@ class Pipeline:
 
     def on_message(self, topic: str, payload: bytes, qos: int, retained: bool) -> asyncio.Future[None] | None:
         """MessageSink: decide now, persist in the next batch; QoS 1 waits for that commit."""
+        if self._closing:
+            # Intake has stopped: frames the MQTT library still had buffered are refused, and a
+            # refused QoS 1 delivery is never acknowledged, so the broker hands it over again.
+            return None if qos == 0 else self._refused()
         now = self._clock()
         decoded = self._decoder.decode(topic, payload, now, retained)
         if isinstance(decoded, Rejection):
@@ -140,6 +144,12 @@ class Pipeline:
         if self._future is None:
             self._future = asyncio.get_running_loop().create_future()
         return self._future
+
+    @staticmethod
+    def _refused() -> asyncio.Future[None]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.cancel()
+        return future
 
     def _lag(self) -> float:
         oldest = self._oldest_pending

@@ -136,3 +136,19 @@ def test_rate_limited_log_counts_what_it_suppressed() -> None:
     assert limiter.should_log("json") == (False, 0)
     assert limiter.should_log("json") == (True, 2)
     assert limiter.should_log("pan") == (True, 0)
+
+
+async def test_after_close_messages_are_refused_and_never_acknowledged() -> None:
+    """Once shutdown began, a late QoS 1 delivery gets a cancelled future (no PUBACK: the broker
+    redelivers it to the next run) and nothing of it reaches the engine or the store."""
+    store, engine = FakeStore(), FakeEngine()
+    pipeline = make(store, engine)
+    writer = asyncio.create_task(pipeline.run_writer())
+    pipeline.close()
+    await asyncio.wait_for(writer, 1)
+    late = pipeline.on_message("fleet/v1/term/T1/txn", payload(txn("T1", "late")), 1, False)
+    assert late is not None
+    assert late.cancelled()
+    assert pipeline.on_message("fleet/v1/term/T1/heartbeat", payload(heartbeat("T1")), 0, False) is None
+    assert engine.applied == []
+    assert store.writes == []
