@@ -149,8 +149,10 @@ async def _shutdown(
     writer = next(t for t in tasks if t.get_name() == "writer")
     code = 0 if failure is None else 1
     if not writer.done():
+        started = time.perf_counter()
         try:
             await asyncio.wait_for(writer, timeout=SHUTDOWN_GRACE_S)
+            log.info("writer drained", seconds=round(time.perf_counter() - started, 3))
         except TimeoutError:
             log.error("writer did not drain in time")
             code = 1
