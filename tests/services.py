@@ -146,12 +146,21 @@ class Daemon:
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.logs()[-3000:]}")
-            with contextlib.suppress(OSError, urllib.error.URLError), \
-                    urllib.request.urlopen(f"{self.api}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
+            if self.ready_status() == 200:
+                return
             time.sleep(0.05)
         raise TimeoutError(f"daemon not ready:\n{self.logs()[-3000:]}")
+
+    def ready_status(self) -> int | None:
+        """/readyz's status code, or None while nothing answers (every response is closed)."""
+        try:
+            with urllib.request.urlopen(f"{self.api}/readyz", timeout=1) as r:
+                return int(r.status)
+        except urllib.error.HTTPError as exc:
+            exc.close()  # it holds the response's socket
+            return int(exc.code)
+        except OSError:
+            return None
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
         assert self.proc is not None

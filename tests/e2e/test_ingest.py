@@ -28,6 +28,7 @@ def terminal_or_none(daemon: Daemon, tid: str) -> dict[str, object] | None:
     try:
         found: dict[str, object] = daemon.get(f"/api/v1/terminals/{tid}")
     except urllib.error.HTTPError as exc:
+        exc.close()  # it holds the response's socket
         if exc.code == 404:
             return None
         raise
