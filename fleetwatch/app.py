@@ -145,7 +145,7 @@ async def _shutdown(
     tasks: set[asyncio.Task[None]], failure: asyncio.Task[None] | None,
 ) -> int:
     await source.stop()
-    pipeline.close()
+    pipeline.close(terminal_budget_s=SHUTDOWN_GRACE_S - 1.5)
     writer = next(t for t in tasks if t.get_name() == "writer")
     code = 0 if failure is None else 1
     if not writer.done():

@@ -152,3 +152,44 @@ async def test_after_close_messages_are_refused_and_never_acknowledged() -> None
     assert pipeline.on_message("fleet/v1/term/T1/heartbeat", payload(heartbeat("T1")), 0, False) is None
     assert engine.applied == []
     assert store.writes == []
+
+
+class DirtyEngine(FakeEngine):
+    """Hands out a large backlog of dirty terminal records once."""
+
+    def __init__(self, count: int) -> None:
+        super().__init__()
+        self._dirty = [TerminalRecord(f"T{i}") for i in range(count)]
+
+    def take_dirty_terminals(self) -> list[TerminalRecord]:
+        dirty, self._dirty = self._dirty, []
+        return dirty
+
+
+class CountingStore(FakeStore):
+    def __init__(self, delay: float) -> None:
+        super().__init__()
+        self.delay = delay
+        self.terminal_rows = 0
+
+    async def write(self, effects: Sequence[Effect], terminals: Sequence[TerminalRecord] = (),
+                    batches: Sequence[BatchRecord] = ()) -> None:
+        await asyncio.sleep(self.delay)
+        self.terminal_rows += len(terminals)
+        await super().write(effects, terminals, batches)
+
+
+async def test_terminal_rows_go_in_bounded_chunks_and_the_drain_respects_its_budget() -> None:
+    """A huge backlog of terminal rows is written a chunk per transaction, and a stop with no
+    budget left still commits every pending effect, then gives up the remaining terminal rows."""
+    store = CountingStore(delay=0.01)
+    pipeline = make(store, DirtyEngine(50_000))
+    writer = asyncio.create_task(pipeline.run_writer())
+    future = pipeline.on_message("fleet/v1/term/T1/txn", payload(txn("T1", "a")), 1, False)
+    assert future is not None
+    await asyncio.wait_for(future, 1)
+    assert store.terminal_rows <= 5_000  # the txn's commit did not wait for 50,000 rows
+    pipeline.close(terminal_budget_s=0.0)
+    await asyncio.wait_for(writer, 2)
+    assert store.terminal_rows < 50_000
+    assert any(isinstance(e, DeadLetter) for batch in store.writes for e in batch)
