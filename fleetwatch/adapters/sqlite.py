@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Final, assert_never
 
 import aiosqlite
+import msgspec
 
 from fleetwatch.core.model import (
     BatchRecord,
@@ -118,12 +119,24 @@ _WATCH_IX: Final = BATCH_COLUMNS.index("watch")
 _DONE_IX: Final = BATCH_COLUMNS.index("done")
 
 
+_ROWS_JSON: Final = msgspec.json.Encoder()
+
+
 def _cols(columns: Sequence[str]) -> str:
     return ", ".join(columns)
 
 
 def _insert_sql(table: str, columns: Sequence[str]) -> str:
-    return f"INSERT INTO {table} ({_cols(columns)}) VALUES ({', '.join('?' * len(columns))})"
+    """A bulk INSERT whose one parameter is a JSON array of rows (each an array of values).
+
+    Not ``executemany``: that binds row by row, and every row re-takes the GIL from the
+    event loop thread, which holds it while it decodes messages; under load 5,000
+    terminal rows took 11 s instead of 0.1 s (a GIL convoy). One statement fed from
+    ``json_each`` runs the whole batch inside SQLite with the GIL released once.
+    ``WHERE true`` keeps SQLite's parser from reading an upsert's ON CONFLICT as a join.
+    """
+    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
+    return f"INSERT INTO {table} ({_cols(columns)}) SELECT {picks} FROM json_each(?) WHERE true"
 
 
 def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
@@ -573,7 +586,7 @@ class SqliteStore:
             try:
                 await conn.execute("BEGIN IMMEDIATE")
                 for sql, rows in statements:
-                    await conn.executemany(sql, rows)
+                    await conn.execute(sql, (_ROWS_JSON.encode(rows).decode(),))
                 if prepared.dead_letters:
                     await self._trim_dead_letters()
                 await conn.execute("COMMIT")
