@@ -134,6 +134,11 @@ class DetectSettings(_Section):
     acquirer setup); settlement_gap has its own merchant rule."""
     recent_txn_keys: int = Field(default=200_000, ge=0)
     """How many (terminal_id, txn_id) are remembered to drop QoS 1 redeliveries."""
+    persist_freshness_intervals: float = Field(default=5, gt=0)
+    """A terminal whose only news is freshness (last seen, seq, uptime, battery level,
+    signal) is written to the store at most this often; any other change is written at
+    the next flush. A million terminals beating every minute would otherwise rewrite a
+    million rows a minute; after a crash, last seen is at most this stale."""
     processors: dict[str, dict[str, str]] = Field(default_factory=dict)
     """Extra response-code attributions per processor: {processor: {rc: blame}}."""
     processor: str | None = None

@@ -82,6 +82,7 @@ class Engine:
         self._offline_after = detect.intervals(detect.offline_after_missed)
         self._flap_after = detect.intervals(detect.flap_silence_intervals)
         self._clear_after = detect.intervals(detect.clear_after_intervals)
+        self._fresh_after = detect.intervals(detect.persist_freshness_intervals)
         self._intern = Interner()
         self._terms: dict[str, TerminalState] = {}
         self._dirty: list[TerminalState] = []
@@ -190,6 +191,7 @@ class Engine:
         st.last_ts_ms = hb.ts
         if order is Order.REBOOT:
             st.reboots += 1
+            self._mark(st)
         st.seq = hb.seq
         if hb.uptime_s is not None:
             st.uptime_s = hb.uptime_s
@@ -203,27 +205,37 @@ class Engine:
             self._regroup(st, model, fw, net_type)
         if hb.app is not None and hb.app != st.app:
             st.app = self._intern(hb.app)
+            self._mark(st)
         serial_changed = False
-        if hb.serial is not None:
-            if st.serial is not None and hb.serial != st.serial:
-                serial_changed = True
+        if hb.serial is not None and hb.serial != st.serial:
+            serial_changed = st.serial is not None
+            if serial_changed:
                 st.reader = None  # a new device learns its own reader baseline
             st.serial = hb.serial
+            self._mark(st)
         pw = hb.power
         if pw is not None:
+            if pw.charging != st.charging:
+                self._mark(st)
             st.battery_pct, st.charging = pw.battery_pct, pw.charging
         if net is not None and net.rssi_dbm is not None:
             st.rssi_dbm = net.rssi_dbm
         if hb.printer is not None and hb.printer != st.printer:
             st.printer = self._intern(hb.printer)
+            self._mark(st)
         r = hb.reader
         if r is not None:
-            st.reader_fault = r.chip == "fault" or r.msr == "fault" or r.ctls == "fault"
+            fault = r.chip == "fault" or r.msr == "fault" or r.ctls == "fault"
+            if fault != st.reader_fault:
+                st.reader_fault = fault
+                self._mark(st)
         saf = hb.saf
-        if saf is not None:
+        if saf is not None and (saf.pending, saf.oldest_ts) != (st.saf_pending, st.saf_oldest_ts_ms):
             st.saf_pending, st.saf_oldest_ts_ms = saf.pending, saf.oldest_ts
-        if hb.tamper is not None:
+            self._mark(st)
+        if hb.tamper is not None and hb.tamper != st.tamper:
             st.tamper = hb.tamper
+            self._mark(st)
         return serial_changed
 
     def _txn(self, txn: TxnResult, now: float) -> list[Effect]:
@@ -307,9 +319,8 @@ class Engine:
     def _alive(self, st: TerminalState, now: float) -> Sequence[Signal]:
         """The terminal spoke (ctx must point at it): last seen, back online, deadline."""
         st.last_seen = now
-        if not st.dirty:
-            st.dirty = True
-            self._dirty.append(st)
+        if not st.dirty and (st.persisted_seen is None or now - st.persisted_seen >= self._fresh_after):
+            self._mark(st)  # freshness only: written at most every persist_freshness_intervals
         back: Sequence[Signal] = ()
         if st.state != ONLINE:
             self._set_state(st, ONLINE, now)
@@ -366,6 +377,7 @@ class Engine:
             elif new == SHUTDOWN:
                 self._corr.merchant_size[st.merchant_id] -= 1
         st.state, st.state_at = new, now
+        self._mark(st)
 
     def _set_merchant(self, st: TerminalState, merchant_id: str) -> None:
         if st.state != SHUTDOWN:
@@ -373,6 +385,7 @@ class Engine:
                 self._corr.merchant_size[st.merchant_id] -= 1
             self._corr.merchant_size[merchant_id] += 1
         st.merchant_id = self._intern(merchant_id)
+        self._mark(st)
 
     def _regroup(self, st: TerminalState, model: str | None, fw: str | None, net_type: str | None) -> None:
         """Model, firmware or link type changed: move the terminal between groups."""
@@ -382,6 +395,7 @@ class Engine:
         self._tally[(st.state, st.model)] -= 1
         st.model, st.fw, st.net_type = self._intern(model), self._intern(fw), self._intern(net_type)
         self._tally[(st.state, st.model)] += 1
+        self._mark(st)
 
     def _mark(self, st: TerminalState) -> None:
         if not st.dirty:
@@ -483,6 +497,7 @@ class Engine:
         out = []
         for st in dirty:
             st.dirty = False
+            st.persisted_seen = st.last_seen
             out.append(to_record(st))
         return out
 

@@ -116,6 +116,7 @@ class TerminalState:
         "merchant_id",
         "model",
         "net_type",
+        "persisted_seen",
         "printer",
         "reader",
         "reader_fault",
@@ -163,6 +164,9 @@ class TerminalState:
         # detector bookkeeping (not persisted; rebuilt from open incidents at start)
         self.conds = 0
         """Bit set of the (kind, cause) conditions that currently hold (rules.COND_BITS)."""
+        self.persisted_seen: float | None = None
+        """``last_seen`` as of the last record handed to the store: freshness alone is
+        re-persisted only once it is this much older (Engine, persist_freshness_intervals)."""
         self.resolved_conds = 0
         """Conditions an operator resolved by hand while they still held: seeing them gone
         later must still be told to the incident book, so the next one opens fresh."""
@@ -244,4 +248,5 @@ def from_record(rec: TerminalRecord, intern: Interner) -> TerminalState:
     st.saf_oldest_ts_ms = rec.saf_oldest_ts_ms
     st.tamper = rec.tamper
     st.maintenance_until = rec.maintenance_until
+    st.persisted_seen = rec.last_seen
     return st

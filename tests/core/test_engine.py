@@ -185,3 +185,24 @@ def test_core_does_no_io() -> None:
             else:
                 continue
             assert not banned.intersection(mods), (name, mods)
+
+
+def test_freshness_alone_is_persisted_at_a_slower_cadence_than_real_changes() -> None:
+    """Healthy heartbeats rewrite a terminal's row only every persist_freshness_intervals; a change
+    that matters (printer, reboot count, state) is handed to the store at the next flush."""
+    e = engine()
+    interval = CFG.heartbeat_interval_s
+    handed: list[float] = []
+    for seq in range(1, 21):
+        now = seq * interval
+        e.apply(heartbeat_env("T1", now, seq, power={"battery_pct": 90 - seq, "charging": False},
+                              uptime_s=3600 + seq))
+        if e.take_dirty_terminals():
+            handed.append(now)
+    assert handed[0] == interval  # a new terminal is written at once
+    gaps = [b - a for a, b in itertools.pairwise(handed)]
+    assert gaps
+    assert min(gaps) >= CFG.intervals(CFG.persist_freshness_intervals)
+    e.apply(heartbeat_env("T1", 21 * interval, 21, printer="jam"))
+    records = e.take_dirty_terminals()
+    assert [(r.terminal_id, r.printer) for r in records] == [("T1", "jam")]
