@@ -119,6 +119,19 @@ class Daemon:
                     return n, now
                 time.sleep(0.05)
 
+    def wait_store_settled(self, *, settle_s: float = 3.0, timeout: float = 300.0) -> bool:
+        """Poll until nothing waits for the store (``fleetwatch_store_queue_depth`` 0 across
+        ``settle_s``, longer than the coalescing window of terminal rows); False on timeout."""
+        deadline = time.monotonic() + timeout
+        with httpx.Client(timeout=10.0) as http:
+            while time.monotonic() < deadline:
+                if metric_sum(self.metrics(http)[0], "fleetwatch_store_queue_depth") == 0:
+                    time.sleep(settle_s)
+                    if metric_sum(self.metrics(http)[0], "fleetwatch_store_queue_depth") == 0:
+                        return True
+                time.sleep(0.5)
+        return False
+
     def rss_bytes(self) -> int:
         """VmRSS of the daemon process."""
         assert self.proc is not None

@@ -188,7 +188,6 @@ class Pipeline:
         """One store transaction with everything pending, then release its acknowledgements."""
         effects, future = self._pending, self._future
         self._pending, self._future, self._oldest_pending = [], None, None
-        self._metrics.store_queue.set(0)
         now = self._clock()
         if all_terminals or self._closing or now - self._last_terminal_flush >= self._settings.store.terminal_flush_s:
             self._terminal_backlog.extend(self._engine.take_dirty_terminals())
@@ -198,6 +197,7 @@ class Pipeline:
         # terminal, taken later, is always written after an older one).
         terminals = self._terminal_backlog[:TERMINALS_PER_WRITE]
         del self._terminal_backlog[:TERMINALS_PER_WRITE]
+        self._metrics.store_queue.set(len(self._terminal_backlog))
         if self._terminal_backlog:
             self._wake.set()
         batches = self._engine.take_dirty_batches()
@@ -268,12 +268,14 @@ class Pipeline:
                 log.exception("engine tick failed")
         if now - self._last_snapshot >= 1.0:
             self.refresh_snapshot(now)
+        # Even without traffic, coalesced terminal rows must reach the store.
+        self._wake.set()
 
     def refresh_snapshot(self, now: float) -> None:
         """Swap in a fresh immutable snapshot for the metrics collector."""
         self._last_snapshot = now
         self._metrics.snapshot = self._engine.snapshot(now)
-        self._metrics.store_queue.set(len(self._pending))
+        self._metrics.store_queue.set(len(self._pending) + len(self._terminal_backlog))
 
     # ---- shutdown --------------------------------------------------------------------
 
