@@ -629,6 +629,7 @@ class SqliteStore:
         self._check_open()
         try:
             conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)
+            conn.execute("PRAGMA mmap_size = 4294967296")  # read pages straight from the OS cache
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed on {self._path}: {exc}") from exc
         try:

@@ -108,9 +108,14 @@ class Engine:
         """Resume from the store: terminals, open incidents, open batches, recent txn ids."""
         self._started_at = now
         self._judge_from = now + self._offline_after
+        online_groups: Counter[tuple[str, ...]] = Counter()
         for rec in terminals:
             st = from_record(rec, self._intern)
-            self._adopt(st)
+            self._adopt(st, online_groups)
+        heapq.heapify(self._silence)  # _adopt appended the deadlines unordered: one O(n) heapify
+        for labels, n in online_groups.items():  # group counts added once per kit, not per terminal
+            for label in labels:
+                self._corr.active[label] += n
         self._book.restore(incidents)
         gap_keys: list[str] = []
         for inc in self._book.open_incidents():
@@ -130,17 +135,20 @@ class Engine:
         for key in recent_txn_keys:
             self._remember_txn(key)
 
-    def _adopt(self, st: TerminalState) -> None:
+    def _adopt(self, st: TerminalState, online_groups: Counter[tuple[str, ...]]) -> None:
         """Index a restored terminal and queue its silence deadline."""
         self._terms[st.terminal_id] = st
         self._tally[(st.state, st.model)] += 1
         if st.state == ONLINE:
-            self._corr.active.update(group_labels(st.model, st.fw, st.net_type))
+            online_groups[group_labels(st.model, st.fw, st.net_type)] += 1
         if st.state != SHUTDOWN and st.merchant_id is not None:
             self._corr.merchant_size[st.merchant_id] += 1
         if st.maintenance_until is not None:
             self._maint[st.terminal_id] = st.maintenance_until
-        self._schedule(st)
+        due = self._due(st)
+        if due is not None:
+            st.sched = due
+            self._silence.append((due, st.terminal_id))
 
     def _create(self, terminal_id: str, merchant_id: str | None) -> TerminalState:
         st = TerminalState(terminal_id)
