@@ -184,12 +184,12 @@ class Pipeline:
                     self._terminal_backlog.clear()
                     return
 
-    async def flush(self, *, all_terminals: bool = False) -> None:
+    async def flush(self) -> None:
         """One store transaction with everything pending, then release its acknowledgements."""
         effects, future = self._pending, self._future
         self._pending, self._future, self._oldest_pending = [], None, None
         now = self._clock()
-        if all_terminals or self._closing or now - self._last_terminal_flush >= self._settings.store.terminal_flush_s:
+        if self._closing or now - self._last_terminal_flush >= self._settings.store.terminal_flush_s:
             self._terminal_backlog.extend(self._engine.take_dirty_terminals())
             self._last_terminal_flush = now
         # Bounded: a write of a few thousand terminal rows keeps the QoS 1 acks of its batch

@@ -20,21 +20,11 @@ from fleetwatch import __version__
 from fleetwatch.core.decode import REJECT_REASONS
 from fleetwatch.core.messages import MESSAGE_TYPES
 from fleetwatch.core.model import KINDS, SCOPES, SEVERITIES
+from fleetwatch.core.settlement import minor_to_major
 from fleetwatch.core.snapshot import FleetSnapshot
 
 TERMINAL_STATES = ("online", "offline", "shutdown", "maintenance")
 GAP_CAUSES = ("batch_not_closed", "totals_mismatch", "not_settled", "settled_short", "saf_backlog")
-
-# ISO 4217 minor-unit exponents that differ from the usual 2.
-_CURRENCY_EXPONENT = {"JPY": 0, "KRW": 0, "VND": 0, "CLP": 0, "ISK": 0, "BHD": 3, "KWD": 3, "OMR": 3,
-                      "JOD": 3, "TND": 3, "LYD": 3, "IQD": 3}
-
-
-def major_units(amount_minor: int, currency: str) -> float:
-    """Minor units to major units (fen to yuan) for display in gauges."""
-    exponent: int = _CURRENCY_EXPONENT.get(currency, 2)
-    return float(amount_minor) / float(10**exponent)
-
 
 class SnapshotCollector(Collector):
     """Reads the latest FleetSnapshot; never the live engine state."""
@@ -86,7 +76,7 @@ class SnapshotCollector(Collector):
         for currency in currencies:
             for cause in GAP_CAUSES:
                 minor = snap.unsettled_minor.get((currency, cause), 0)
-                amount.add_metric([currency, cause], major_units(minor, currency))
+                amount.add_metric([currency, cause], minor_to_major(minor, currency))
         yield amount
         age = GaugeMetricFamily(
             "fleetwatch_settlement_oldest_unsettled_age_seconds",
