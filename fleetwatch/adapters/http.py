@@ -14,10 +14,11 @@ from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from fleetwatch import __version__
 from fleetwatch.core.model import BatchRecord, Effect, Incident, IncidentEvent, TerminalRecord
+from fleetwatch.core.settlement import money_at_stake, reconcile_day
 from fleetwatch.timefmt import parse_time, rfc3339
 
 
@@ -145,7 +146,9 @@ class GapPage(BaseModel):
     total_at_stake_minor: dict[str, int] = Field(description="Money at stake per currency, minor units.")
 
 
-class CurrencyDay(BaseModel):
+class CurrencyDayOut(BaseModel):
+    model_config = ConfigDict(from_attributes=True)
+
     currency: str
     approved_minor: int
     approved_count: int
@@ -160,7 +163,7 @@ class CurrencyDay(BaseModel):
 class Reconciliation(BaseModel):
     merchant_id: str
     business_date: str
-    currencies: list[CurrencyDay]
+    currencies: list[CurrencyDayOut]
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -311,19 +314,14 @@ def build_app(
         items, _ = await reads.list_incidents(
             status="open", kind="settlement_gap", merchant_id=merchant_id, terminal_id=terminal_id, limit=limit,
         )
-        at_stake: dict[str, int] = {}
-        for item in items:
-            if item.scope == "terminal" and isinstance(item.evidence.get("amount_minor"), int):
-                currency = str(item.evidence.get("currency", "?"))
-                at_stake[currency] = at_stake.get(currency, 0) + int(item.evidence["amount_minor"])
-        return GapPage(items=[IncidentOut.of(i) for i in items], total_at_stake_minor=at_stake)
+        return GapPage(items=[IncidentOut.of(i) for i in items], total_at_stake_minor=money_at_stake(items))
 
     @app.get("/api/v1/settlement/reconciliation", dependencies=auth)
     async def reconciliation(merchant_id: str, business_date: date) -> Reconciliation:
         batches = await reads.batches_for(merchant_id, business_date.isoformat())
         return Reconciliation(
             merchant_id=merchant_id, business_date=business_date.isoformat(),
-            currencies=summarise_day(batches),
+            currencies=[CurrencyDayOut.model_validate(day) for day in reconcile_day(batches)],
         )
 
     @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], dependencies=auth,
@@ -337,23 +335,3 @@ def build_app(
         return Response(status_code=404, content=f'{{"detail": "not found: {exc}"}}', media_type="application/json")
 
     return app
-
-
-def summarise_day(batches: list[BatchRecord]) -> list[CurrencyDay]:
-    """A merchant's day per currency: approved by the terminals, batched, settled, and the difference."""
-    days: dict[str, CurrencyDay] = {}
-    for b in batches:
-        day = days.setdefault(b.currency, CurrencyDay(
-            currency=b.currency, approved_minor=0, approved_count=0, batched_minor=0, settled_minor=0,
-            difference_minor=0, batches=0, unclosed_batches=0, unsettled_batches=0,
-        ))
-        day.approved_minor += b.tally_amount_minor
-        day.approved_count += b.tally_count
-        day.batched_minor += b.close_amount_minor or 0
-        day.settled_minor += b.settled_amount_minor or 0
-        day.batches += 1
-        day.unclosed_batches += b.closed_at is None
-        day.unsettled_batches += b.settled_at is None
-    for day in days.values():
-        day.difference_minor = day.approved_minor - day.settled_minor
-    return sorted(days.values(), key=lambda d: d.currency)

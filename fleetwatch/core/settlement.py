@@ -40,6 +40,7 @@ from fleetwatch.core.model import (
     BatchRecord,
     Clear,
     Finding,
+    Incident,
     SettlementWrite,
     Signal,
     TxnRecord,
@@ -737,3 +738,50 @@ class SettlementBook:
                 self._mark_dirty(key, r)
             signals.extend(self._evaluate(b, at, "heartbeat"))
         return signals
+
+
+# ---- views for the API: a merchant's day, and the money at stake ---------------------------
+
+@dataclass(slots=True)
+class CurrencyDay:
+    """One currency of a merchant's business day: what terminals approved, batched and got settled."""
+
+    currency: str
+    approved_minor: int = 0
+    approved_count: int = 0
+    batched_minor: int = 0
+    settled_minor: int = 0
+    difference_minor: int = 0
+    """approved - settled: money the merchant has not been credited (yet)."""
+    batches: int = 0
+    unclosed_batches: int = 0
+    unsettled_batches: int = 0
+
+
+def reconcile_day(batches: Iterable[BatchRecord]) -> list[CurrencyDay]:
+    """Sum a merchant's batches of one business day per currency (never across currencies)."""
+    days: dict[str, CurrencyDay] = {}
+    for b in batches:
+        day = days.setdefault(b.currency, CurrencyDay(b.currency))
+        day.approved_minor += b.tally_amount_minor
+        day.approved_count += b.tally_count
+        day.batched_minor += b.close_amount_minor or 0
+        day.settled_minor += b.settled_amount_minor or 0
+        day.batches += 1
+        day.unclosed_batches += b.closed_at is None
+        day.unsettled_batches += b.settled_at is None
+    for day in days.values():
+        day.difference_minor = day.approved_minor - day.settled_minor
+    return sorted(days.values(), key=lambda d: d.currency)
+
+
+def money_at_stake(gaps: Iterable[Incident]) -> dict[str, int]:
+    """Minor units at stake per currency over open gap incidents, counting terminal ones only
+    (a merchant parent sums its children: counting both would count the money twice)."""
+    totals: dict[str, int] = {}
+    for gap in gaps:
+        amount = gap.evidence.get("amount_minor")
+        if gap.scope == "terminal" and isinstance(amount, int):
+            currency = str(gap.evidence.get("currency", "?"))
+            totals[currency] = totals.get(currency, 0) + amount
+    return totals

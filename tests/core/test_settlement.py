@@ -17,8 +17,15 @@ import pytest
 
 from fleetwatch.config import SettlementSettings
 from fleetwatch.core.messages import BatchClose, Heartbeat, Saf, Settlement, TxnResult
-from fleetwatch.core.model import BatchRecord, Clear, Finding, Signal, TxnRecord
-from fleetwatch.core.settlement import SettlementBook, format_money, minor_to_major, parse_gap_key
+from fleetwatch.core.model import BatchRecord, Clear, Finding, Incident, Signal, TxnRecord
+from fleetwatch.core.settlement import (
+    SettlementBook,
+    format_money,
+    minor_to_major,
+    money_at_stake,
+    parse_gap_key,
+    reconcile_day,
+)
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CFG = SettlementSettings(batch_close_deadline_s=6, settlement_deadline_s=6, saf_max_age_s=3600)
@@ -692,3 +699,25 @@ def test_money_formatting() -> None:
     assert format_money(1_234, "JPY") == "JPY 1,234"
     assert format_money(1_234, "KWD") == "KWD 1.234"
     assert minor_to_major(2_350, "CNY") == 23.5
+
+
+def test_day_view_and_money_at_stake_never_mix_currencies_or_count_parents() -> None:
+    """reconcile_day sums per currency (approved - settled); money_at_stake counts terminal gaps only."""
+    days = reconcile_day([
+        BatchRecord("T1", 1, "CNY", "M1", tally_count=2, tally_amount_minor=500, closed_at=1.0,
+                    close_amount_minor=500, settled_at=2.0, settled_amount_minor=450),
+        BatchRecord("T2", 1, "CNY", "M1", tally_count=1, tally_amount_minor=100),
+        BatchRecord("T1", 1, "HKD", "M1", tally_count=1, tally_amount_minor=70, closed_at=1.0,
+                    close_amount_minor=70),
+    ])
+    assert [(d.currency, d.approved_minor, d.settled_minor, d.difference_minor, d.unclosed_batches,
+             d.unsettled_batches) for d in days] == [("CNY", 600, 450, 150, 1, 1), ("HKD", 70, 0, 70, 0, 1)]
+
+    def gap(scope: str, amount: int, currency: str) -> Incident:
+        return Incident(id=f"{scope}{amount}", key=f"k{scope}{amount}", kind="settlement_gap",
+                        cause="not_settled", scope=scope, severity="major", status="open",  # type: ignore[arg-type]
+                        opened_at=0.0, updated_at=0.0, summary="", evidence={"amount_minor": amount,
+                                                                             "currency": currency})
+
+    assert money_at_stake([gap("terminal", 100, "CNY"), gap("terminal", 50, "CNY"), gap("terminal", 7, "HKD"),
+                           gap("merchant", 150, "CNY")]) == {"CNY": 150, "HKD": 7}
