@@ -254,14 +254,13 @@ def render_example() -> str:
         "# Detection durations are multiples of detect.heartbeat_interval_s.",
     ]
     defaults = Settings.model_construct()
-    for section_name, section_field in Settings.model_fields.items():
+    for section_name in Settings.model_fields:
         section = getattr(defaults, section_name)
         lines += ["", f"[{section_name}]"]
         for name, field in type(section).model_fields.items():
             if field.description:
                 lines += [f"# {line}".rstrip() for line in field.description.splitlines()]
             lines.append(_toml_line(name, getattr(section, name)))
-        del section_field
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -93,7 +95,5 @@ def run_demo(*, terminals: int, http: str, duration: float) -> int:
 
 
 def _interrupt() -> None:
-    import os
-    import signal
-
+    """Stop the demo the way Ctrl-C does, so the daemon shuts down in order."""
     os.kill(os.getpid(), signal.SIGINT)

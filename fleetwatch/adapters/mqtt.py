@@ -130,8 +130,7 @@ class GmqttSource:
         while not self._stopping.is_set():
             try:
                 await self._connect_and_subscribe()
-            except (TimeoutError, OSError, ConnectionError, Exception) as exc:
-                # Any failure to connect is retried: the broker may be restarting.
+            except Exception as exc:  # any failure to connect is retried: the broker may be restarting
                 error = f"{type(exc).__name__}: {exc}"
                 if error != last_error:
                     log.warning("mqtt connect failed, retrying", error=error, url=self._safe_url())
