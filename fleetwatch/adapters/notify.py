@@ -67,7 +67,8 @@ class AlertmanagerNotifier:
             self._track(incident)
 
     def is_pageable(self, incident: Incident) -> bool:
-        return incident.is_open and not incident.suppressed and SEVERITY_RANK[incident.severity] >= self._min_rank
+        """The core's pageability, at or above ``notify.min_severity``."""
+        return incident.is_pageable and SEVERITY_RANK[incident.severity] >= self._min_rank
 
     def on_commit(self, effects: Sequence[Effect]) -> None:
         """Commit listener: notice pageable incidents appearing and disappearing."""

@@ -136,6 +136,11 @@ class Incident:
     def is_open(self) -> bool:
         return self.status != "resolved"
 
+    @property
+    def is_pageable(self) -> bool:
+        """Open and not explained by an open parent: what on-call may be paged for."""
+        return self.is_open and not self.suppressed
+
 
 EventType = Literal[
     "opened", "updated", "escalated", "cause_changed", "acknowledged", "resolved",

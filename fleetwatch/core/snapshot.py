@@ -62,7 +62,7 @@ def incident_counts(
     for inc in incidents:
         k = (inc.kind, inc.severity, inc.scope)
         open_[k] += 1
-        if not inc.suppressed:
+        if inc.is_pageable:
             pageable[k] += 1
     return dict(open_), dict(pageable)
 
