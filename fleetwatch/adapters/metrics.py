@@ -19,12 +19,12 @@ from prometheus_client.registry import Collector
 from fleetwatch import __version__
 from fleetwatch.core.decode import REJECT_REASONS
 from fleetwatch.core.messages import MESSAGE_TYPES
-from fleetwatch.core.model import KINDS, SCOPES, SEVERITIES
+from fleetwatch.core.model import CAUSES, KINDS, SCOPES, SEVERITIES
 from fleetwatch.core.settlement import minor_to_major
 from fleetwatch.core.snapshot import FleetSnapshot
 
 TERMINAL_STATES = ("online", "offline", "shutdown", "maintenance")
-GAP_CAUSES = ("batch_not_closed", "totals_mismatch", "not_settled", "settled_short", "saf_backlog")
+GAP_CAUSES = CAUSES["settlement_gap"]
 
 class SnapshotCollector(Collector):
     """Reads the latest FleetSnapshot; never the live engine state."""

@@ -28,14 +28,36 @@ SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 
 CAUSES: dict[Kind, tuple[str, ...]] = {
     "reader": ("self_test", "read_failures"),
-    "printer": ("no_paper", "jam", "cover_open", "overheat", "fault", "paper_low", "print_errors"),
+    "printer": ("fault", "no_paper", "jam", "cover_open", "overheat", "paper_low", "print_errors"),
     "network": ("offline", "comm_errors", "weak_signal"),
-    "power": ("battery_low", "battery_critical"),
+    "power": ("battery_critical", "battery_low"),
     "tamper": ("tamper",),
-    "config": ("invalid_merchant", "not_permitted", "not_registered", "keys", "batch_sync"),
+    "config": ("invalid_merchant", "not_permitted", "not_registered", "keys", "batch_sync", "suspended", "closed"),
     "settlement_gap": ("batch_not_closed", "totals_mismatch", "not_settled", "settled_short", "saf_backlog"),
     "host_outage": ("host_errors", "offline_wave"),
 }
+"""The contract's closed set of causes per kind (CONTRACT.md §3, §7), the one list of them.
+
+Within a kind the order is importance, most important first: when several causes of a
+terminal kind hold at once, the first names the incident (``no_paper`` over
+``paper_low``, ``offline`` over ``comm_errors``)."""
+
+ACQUIRER_DECISIONS: frozenset[tuple[str, str]] = frozenset({("config", "suspended"), ("config", "closed")})
+"""Causes that record an acquirer's decision about a terminal (CONTRACT.md §7), not a fault."""
+
+DEFAULT_SEVERITY: dict[tuple[str, str], Severity] = {
+    **{(kind, cause): "major" for kind, causes in CAUSES.items() for cause in causes},
+    ("printer", "paper_low"): "minor",
+    ("printer", "print_errors"): "minor",
+    ("network", "weak_signal"): "minor",
+    ("power", "battery_low"): "minor",
+    ("tamper", "tamper"): "critical",
+    ("host_outage", "host_errors"): "critical",
+    ("host_outage", "offline_wave"): "critical",
+    ("config", "suspended"): "info",
+    ("config", "closed"): "info",
+}
+"""Each (kind, cause)'s default severity, from the contract's table."""
 
 
 def group_json(group: dict[str, str] | None) -> str | None:

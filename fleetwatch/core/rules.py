@@ -27,31 +27,27 @@ from typing import Any, Final
 from fleetwatch.config import DetectSettings
 from fleetwatch.core.attribution import Attribution
 from fleetwatch.core.messages import TxnResult
-from fleetwatch.core.model import Clear, Finding, Kind, Severity, Signal, incident_key
+from fleetwatch.core.model import (
+    ACQUIRER_DECISIONS,
+    CAUSES,
+    DEFAULT_SEVERITY,
+    Clear,
+    Finding,
+    Kind,
+    Signal,
+    incident_key,
+)
 from fleetwatch.core.state import ErrorRun, ReaderStats, TerminalState
 
 # ---- the (kind, cause) table ------------------------------------------------------------
 
-PRIORITY: Final[dict[Kind, tuple[str, ...]]] = {
-    "reader": ("self_test", "read_failures"),
-    "printer": ("fault", "no_paper", "jam", "cover_open", "overheat", "paper_low", "print_errors"),
-    "network": ("offline", "comm_errors", "weak_signal"),
-    "power": ("battery_critical", "battery_low"),
-    "tamper": ("tamper",),
-    "config": ("invalid_merchant", "not_permitted", "not_registered", "keys", "batch_sync"),
-}
-"""Causes of each terminal kind, most important first (it names the incident)."""
+RULE_KINDS: Final[tuple[Kind, ...]] = ("reader", "printer", "network", "power", "tamper", "config")
+"""The kinds the terminal rules hold conditions for (settlement and upstreams have their own books)."""
 
-SEVERITY: Final[dict[tuple[str, str], Severity]] = {
-    **{("printer", c): "major" for c in ("no_paper", "jam", "cover_open", "overheat", "fault")},
-    ("printer", "paper_low"): "minor", ("printer", "print_errors"): "minor",
-    ("reader", "self_test"): "major", ("reader", "read_failures"): "major",
-    ("network", "offline"): "major", ("network", "comm_errors"): "major",
-    ("network", "weak_signal"): "minor",
-    ("power", "battery_low"): "minor", ("power", "battery_critical"): "major",
-    ("tamper", "tamper"): "critical",
-    **{("config", c): "major" for c in PRIORITY["config"]},
+PRIORITY: Final[dict[Kind, tuple[str, ...]]] = {
+    kind: tuple(c for c in CAUSES[kind] if (kind, c) not in ACQUIRER_DECISIONS) for kind in RULE_KINDS
 }
+"""Causes the rules hold per kind, most important first (model.CAUSES' order names the incident)."""
 
 SUMMARY: Final[dict[tuple[str, str], str]] = {
     ("printer", "no_paper"): "Printer out of paper",
@@ -183,7 +179,7 @@ class Ctx:
         st = self.st
         return Finding(
             key=terminal_key(st.terminal_id, kind), kind=kind, cause=cause,
-            severity=SEVERITY[(kind, cause)], scope="terminal", summary=SUMMARY[(kind, cause)],
+            severity=DEFAULT_SEVERITY[(kind, cause)], scope="terminal", summary=SUMMARY[(kind, cause)],
             at=self.now, terminal_id=st.terminal_id, merchant_id=st.merchant_id,
             evidence=evidence, detected_from=self.now,
         )
