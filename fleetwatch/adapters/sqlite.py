@@ -51,9 +51,11 @@ from fleetwatch.core.model import (
     IncidentEvent,
     IncidentWrite,
     SettlementWrite,
+    TerminalNoticeWrite,
     TerminalRecord,
     TxnRecord,
     TxnWrite,
+    UpstreamMembersWrite,
     group_json,
 )
 from fleetwatch.errors import StoreError
@@ -157,6 +159,14 @@ _INSERT_SETTLEMENT: Final = _insert_sql("settlements", SETTLEMENT_COLUMNS)
 _INSERT_DEAD_LETTER: Final = _insert_sql("dead_letters", DEAD_LETTER_COLUMNS)
 _UPSERT_TERMINAL: Final = _upsert_sql("terminals", TERMINAL_COLUMNS, ("terminal_id",))
 _UPSERT_BATCH: Final = _upsert_sql("batches", BATCH_ROW_COLUMNS, ("terminal_id", "batch_no", "currency"))
+# Merchant notices (migration 0002).
+_INSERT_UPSTREAM_MEMBER: Final = (
+    f"{_insert_sql('upstream_terminals', ('incident_id', 'terminal_id', 'merchant_id', 'added_at'))} "
+    "ON CONFLICT (incident_id, terminal_id) DO NOTHING"
+)
+_UPSERT_TERMINAL_NOTICE: Final = _upsert_sql(
+    "terminal_notices", ("terminal_id", "merchant_id", "payload", "published_at"), ("terminal_id",)
+)
 _TRIM_DEAD_LETTERS: Final = (
     "DELETE FROM dead_letters WHERE id <= (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
@@ -224,6 +234,8 @@ class PreparedWrite:
     dead_letters: list[Row] = field(default_factory=list)
     terminals: list[Row] = field(default_factory=list)
     batches: list[Row] = field(default_factory=list)
+    upstream_members: list[Row] = field(default_factory=list)
+    terminal_notices: list[Row] = field(default_factory=list)
 
     def add(
         self,
@@ -242,6 +254,12 @@ class PreparedWrite:
                 self.settlements.append(_settlement_values(effect))
             elif isinstance(effect, DeadLetter):
                 self.dead_letters.append(_dead_letter_row(effect))
+            elif isinstance(effect, UpstreamMembersWrite):
+                self.upstream_members.extend(
+                    (effect.incident_id, tid, mid, effect.at) for tid, mid in effect.members
+                )
+            elif isinstance(effect, TerminalNoticeWrite):
+                self.terminal_notices.append((effect.terminal_id, effect.merchant_id, effect.payload, effect.at))
             else:
                 assert_never(effect)
         self.terminals.extend(map(_terminal_values, terminals))
@@ -263,6 +281,8 @@ class PreparedWrite:
             (_INSERT_DEAD_LETTER, self.dead_letters),
             (_UPSERT_TERMINAL, self.terminals),
             (_UPSERT_BATCH, self.batches),
+            (_INSERT_UPSTREAM_MEMBER, self.upstream_members),
+            (_UPSERT_TERMINAL_NOTICE, self.terminal_notices),
         ]
         return [(sql, rows) for sql, rows in pairs if rows]
 
@@ -786,6 +806,80 @@ class SqliteStore:
             params,
         )
         return [_batch(r) for r in rows]
+
+
+    # ---- merchant notices and generated secrets (migration 0002) -------------------------
+
+    async def load_open_upstream_members(self) -> dict[str, set[str]]:
+        """The terminals each open upstream incident is built on (for the engine's restore)."""
+        rows = await self._fetchall(
+            "SELECT u.incident_id, u.terminal_id FROM upstream_terminals u "
+            "JOIN incidents i ON i.id = u.incident_id WHERE i.status <> 'resolved'"
+        )
+        out: dict[str, set[str]] = {}
+        for incident_id, terminal_id in rows:
+            out.setdefault(incident_id, set()).add(terminal_id)
+        return out
+
+    async def load_terminal_notices(self) -> list[TerminalNoticeWrite]:
+        """What the broker last acknowledged per terminal (payload None: cleared)."""
+        rows = await self._fetchall(
+            "SELECT terminal_id, merchant_id, payload, published_at FROM terminal_notices ORDER BY terminal_id"
+        )
+        return [TerminalNoticeWrite(*r) for r in rows]
+
+    async def merchant_notice_incidents(
+        self, merchant_id: str, resolved_since: float,
+    ) -> tuple[list[Incident], dict[str, set[str]]]:
+        """What a merchant's notices are built from: incidents and upstream members.
+
+        The merchant's open incidents and those resolved since ``resolved_since``, the
+        upstreams built on its terminals, every ancestor of those (parents and the
+        ``previous_id`` chain); and per upstream the merchant's terminals it is built on.
+        """
+        recent = "(status <> 'resolved' OR resolved_at >= ?)"
+        rows = await self._fetchall(
+            f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE merchant_id = ? AND {recent}",
+            (merchant_id, resolved_since),
+        )
+        found = {i.id: i for i in map(_incident, rows)}
+        member_rows = await self._fetchall(
+            "SELECT u.incident_id, u.terminal_id FROM upstream_terminals u JOIN incidents i "
+            "ON i.id = u.incident_id WHERE u.merchant_id = ? AND (i.status <> 'resolved' OR i.resolved_at >= ?)",
+            (merchant_id, resolved_since),
+        )
+        members: dict[str, set[str]] = {}
+        for incident_id, terminal_id in member_rows:
+            members.setdefault(incident_id, set()).add(terminal_id)
+        wanted = set(members) - set(found)
+        for _ in range(8):  # ancestors: terminal -> merchant -> group -> fleet, and previous_id
+            if not wanted:
+                break
+            marks = ", ".join("?" * len(wanted))
+            rows = await self._fetchall(
+                f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE id IN ({marks})", sorted(wanted)
+            )
+            for inc in map(_incident, rows):
+                found[inc.id] = inc
+            wanted = {
+                ref for inc in found.values() for ref in (inc.parent_id, inc.previous_id)
+                if ref is not None and ref not in found
+            }
+        return list(found.values()), members
+
+    async def secret(self, name: str, candidate: str) -> str:
+        """The stored secret ``name``; stores ``candidate`` first if there is none (shared by all instances)."""
+        async with self._write_lock:
+            self._check_open()
+            try:
+                await self._writer.execute(
+                    "INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                    (name, candidate, time.time()),
+                )
+                rows = await self._writer.execute_fetchall("SELECT value FROM secrets WHERE name = ?", (name,))
+            except sqlite3.Error as exc:
+                raise StoreError(f"store write failed on {self._path}: {exc}") from exc
+        return str(next(iter(rows))[0])
 
 
 def _where(terms: Sequence[str]) -> str:

@@ -22,12 +22,13 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from fleetwatch.config import DetectSettings, SettlementSettings
 from fleetwatch.core.attribution import HOST_SIDE, Attributor
 from fleetwatch.core.correlation import Correlator, group_labels
 from fleetwatch.core.incidents import IncidentBook
+from fleetwatch.core.membership import UpstreamMembers
 from fleetwatch.core.messages import BatchClose, Envelope, Heartbeat, Settlement, StateMsg, TxnResult
 from fleetwatch.core.model import (
     BatchRecord,
@@ -92,6 +93,7 @@ class Engine:
         self._started_at = float("-inf")
         self._book = IncidentBook(detect, new_id or _uuid_hex)
         self._corr = Correlator(detect, self._book)
+        self._members = UpstreamMembers()
         self._settle = SettlementBook(settlement)
         self._attr = Attributor(detect)
         self._ctx = Ctx(detect)
@@ -104,8 +106,10 @@ class Engine:
     def restore(
         self, terminals: Iterable[TerminalRecord], incidents: Iterable[Incident],
         batches: Iterable[BatchRecord], recent_txn_keys: Iterable[tuple[str, str]], now: float,
+        *, upstream_members: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
-        """Resume from the store: terminals, open incidents, open batches, recent txn ids."""
+        """Resume from the store: terminals, open incidents, open batches, recent txn ids,
+        and the terminals each open upstream is built on."""
         self._started_at = now
         self._judge_from = now + self._offline_after
         online_groups: Counter[tuple[str, ...]] = Counter()
@@ -130,6 +134,9 @@ class Engine:
                     if inc.kind == "power":
                         st.batt_fired |= 3 if inc.cause == "battery_critical" else 1
         self._corr.restore(self._book.open_incidents())
+        self._members.restore(upstream_members or {})
+        self._members.sync(self._corr, self._book, self._merchant_of)
+        self._members.take(now)  # restored from the store: nothing new to write
         self._settle.restore(batches, now)
         self._settle.adopt_open_keys(gap_keys, now)
         for key in recent_txn_keys:
@@ -261,7 +268,9 @@ class Engine:
         verdict = self._attr.attribute(txn)
         ctx.attribution = verdict
         if verdict.blame in HOST_SIDE:
-            self._corr.host_failure(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
+            labels = group_labels(st.model, st.fw, st.net_type)
+            self._corr.host_failure(st.terminal_id, labels, now)
+            self._members.failed("host_errors", st.terminal_id, st.merchant_id, labels)
         sigs.extend(run_rules(ctx, TXN_RULES))
         if ctx.wake is not None:
             heapq.heappush(self._wakes, (ctx.wake, st.terminal_id))
@@ -364,7 +373,9 @@ class Engine:
         """The terminal is offline now (silence, a flap, or a live Last Will)."""
         self._set_state(st, OFFLINE, now)
         self._mark(st)
-        self._corr.went_offline(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
+        labels = group_labels(st.model, st.fw, st.net_type)
+        self._corr.went_offline(st.terminal_id, labels, now)
+        self._members.failed("offline_wave", st.terminal_id, st.merchant_id, labels)
         ctx = self._ctx.reset(st, None, now)
         return went_offline(ctx, reason, st.last_seen)
 
@@ -450,6 +461,8 @@ class Engine:
         out: list[Effect] = self._signals(sigs, now) if sigs else []
         out.extend(self._book.tick(now))
         out.extend(self._corr.tick(now))
+        self._members.sync(self._corr, self._book, self._merchant_of)
+        out.extend(self._members.take(now))
         for tid in [t for t, until in self._maint.items() if until <= now]:
             del self._maint[tid]
         return out
@@ -459,7 +472,12 @@ class Engine:
         for sig in sigs:
             out.extend(self._book.apply(sig))
         out.extend(self._corr.settle(now))
+        out.extend(self._members.take(now))
         return out
+
+    def _merchant_of(self, terminal_id: str) -> str | None:
+        st = self._terms.get(terminal_id)
+        return None if st is None else st.merchant_id
 
     # ---- operator actions -----------------------------------------------------------------
 
@@ -521,6 +539,14 @@ class Engine:
     def incident(self, incident_id: str) -> Incident | None:
         """An open incident (resolved ones live in the store)."""
         return self._book.get(incident_id)
+
+    def open_incidents(self) -> list[Incident]:
+        """Every open incident (a restart's starting point for the terminal screens)."""
+        return list(self._book.open_incidents())
+
+    def upstream_members(self, incident_id: str) -> set[str]:
+        """The terminals an open upstream incident is built on."""
+        return set(self._members.members(incident_id))
 
     def snapshot(self, now: float) -> FleetSnapshot:
         """Immutable counts for /metrics; cost follows models and open incidents, not terminals."""
