@@ -7,6 +7,7 @@ PostgreSQL instead of SQLite) touches one adapter module and nothing else.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Protocol
 
 
@@ -36,4 +37,22 @@ class MessageSource(Protocol):
 
     async def stop(self) -> None:
         """Stop taking messages (disconnect cleanly); returns when intake has stopped."""
+        ...
+
+
+class MessagePublisher(Protocol):
+    """Retained QoS 1 publishes through the daemon's own connection (terminal notices).
+
+    ``publish`` never blocks: the message is queued (a newer payload for the same topic
+    replaces one still waiting), sent while connected, sent again after a reconnect if
+    it was in flight, and ``on_acked`` runs once the broker has acknowledged it. An
+    empty payload clears the topic's retained message.
+    """
+
+    def publish(self, topic: str, payload: bytes, *, on_acked: Callable[[], None] | None = None) -> None:
+        ...
+
+    @property
+    def publish_backlog(self) -> int:
+        """Messages queued or waiting for their acknowledgement."""
         ...

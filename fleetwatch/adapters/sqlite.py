@@ -810,15 +810,15 @@ class SqliteStore:
 
     # ---- merchant notices and generated secrets (migration 0002) -------------------------
 
-    async def load_open_upstream_members(self) -> dict[str, set[str]]:
-        """The terminals each open upstream incident is built on (for the engine's restore)."""
+    async def load_open_upstream_members(self) -> dict[str, list[tuple[str, str | None]]]:
+        """(terminal_id, merchant_id) each open upstream incident is built on (for the restore)."""
         rows = await self._fetchall(
-            "SELECT u.incident_id, u.terminal_id FROM upstream_terminals u "
-            "JOIN incidents i ON i.id = u.incident_id WHERE i.status <> 'resolved'"
+            "SELECT u.incident_id, u.terminal_id, u.merchant_id FROM upstream_terminals u "
+            "JOIN incidents i ON i.id = u.incident_id WHERE i.status <> 'resolved' ORDER BY u.incident_id"
         )
-        out: dict[str, set[str]] = {}
-        for incident_id, terminal_id in rows:
-            out.setdefault(incident_id, set()).add(terminal_id)
+        out: dict[str, list[tuple[str, str | None]]] = {}
+        for incident_id, terminal_id, merchant_id in rows:
+            out.setdefault(incident_id, []).append((terminal_id, merchant_id))
         return out
 
     async def load_terminal_notices(self) -> list[TerminalNoticeWrite]:

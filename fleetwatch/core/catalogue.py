@@ -285,3 +285,65 @@ def _accepted(header: str | None) -> list[str]:
             ranked.append((-q, i, tag))
     ranked.sort()
     return [tag for _, _, tag in ranked]
+
+
+# ---- a merchant's notice with its words ----------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class MoneyLine:
+    """One money entry as shown: the contract's fields plus its display text."""
+
+    amount_minor: int
+    currency: str
+    display: str
+    batch_no: int
+    business_date: str | None
+    terminal_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class NoticeItem:
+    """One notice with its words, for the API and the page."""
+
+    facts: NoticeFacts
+    texts: Texts
+    money: tuple[MoneyLine, ...]
+    whose_label: str
+    whose_explain: str
+
+
+@dataclass(frozen=True, slots=True)
+class Notice:
+    """A merchant's notices in one language at ``generated_at``."""
+
+    merchant_id: str
+    lang: str
+    generated_at: float
+    items: tuple[NoticeItem, ...]
+
+    @property
+    def current(self) -> tuple[NoticeItem, ...]:
+        return tuple(i for i in self.items if i.facts.current)
+
+    @property
+    def resolved(self) -> tuple[NoticeItem, ...]:
+        return tuple(i for i in self.items if not i.facts.current)
+
+
+def render_notice(
+    merchant_id: str, facts: Sequence[NoticeFacts], catalogue: Catalogue, ctx: Context, now: float,
+) -> Notice:
+    """Put words on the facts."""
+    values = {"support_phone": ctx.support_phone or catalogue.defaults.get("support_phone", ""),
+              "acquirer_name": ctx.acquirer_name or catalogue.defaults.get("acquirer_name", "")}
+    items = tuple(
+        NoticeItem(
+            facts=f, texts=catalogue.texts(f, ctx),
+            money=tuple(MoneyLine(m.amount_minor, m.currency, catalogue.money(m.amount_minor, m.currency),
+                                  m.batch_no, m.business_date, m.terminal_id) for m in f.money),
+            whose_label=fill(catalogue.whose_label(f.whose), values),
+            whose_explain=fill(catalogue.whose_explain(f.whose), values),
+        )
+        for f in facts
+    )
+    return Notice(merchant_id, catalogue.lang, now, items)

@@ -106,7 +106,7 @@ class Engine:
     def restore(
         self, terminals: Iterable[TerminalRecord], incidents: Iterable[Incident],
         batches: Iterable[BatchRecord], recent_txn_keys: Iterable[tuple[str, str]], now: float,
-        *, upstream_members: Mapping[str, Iterable[str]] | None = None,
+        *, upstream_members: Mapping[str, Iterable[tuple[str, str | None]]] | None = None,
     ) -> None:
         """Resume from the store: terminals, open incidents, open batches, recent txn ids,
         and the terminals each open upstream is built on."""
@@ -134,7 +134,7 @@ class Engine:
                     if inc.kind == "power":
                         st.batt_fired |= 3 if inc.cause == "battery_critical" else 1
         self._corr.restore(self._book.open_incidents())
-        self._members.restore(upstream_members or {})
+        self._members.restore({iid: [tid for tid, _ in rows] for iid, rows in (upstream_members or {}).items()})
         self._members.sync(self._corr, self._book, self._merchant_of)
         self._members.take(now)  # restored from the store: nothing new to write
         self._settle.restore(batches, now)
