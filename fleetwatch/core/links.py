@@ -15,7 +15,6 @@ import hmac
 import re
 from enum import Enum
 from typing import Final
-from urllib.parse import quote
 
 MERCHANT_ID: Final = re.compile(r"^[A-Za-z0-9.\-]{1,32}$")
 """The contract's id format: 1 to 32 of ``A-Z a-z 0-9 - .``."""
@@ -48,5 +47,7 @@ def check(key: bytes, merchant_id: str, exp: str | None, sig: str | None, now: f
 
 
 def link_path(key: bytes, merchant_id: str, exp: int) -> str:
-    """``/m/M0042?exp=...&sig=...``: the part after the base URL."""
-    return f"/m/{quote(merchant_id, safe='')}?exp={exp}&sig={sign(key, merchant_id, exp)}"
+    """``/m/M0042?exp=...&sig=...``: the part after the base URL (ids need no escaping)."""
+    if not MERCHANT_ID.match(merchant_id):
+        raise ValueError(f"not a merchant id: {merchant_id!r}")
+    return f"/m/{merchant_id}?exp={exp}&sig={sign(key, merchant_id, exp)}"
