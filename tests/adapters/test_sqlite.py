@@ -36,9 +36,11 @@ from fleetwatch.core.model import (
     Kind,
     SettlementWrite,
     Status,
+    TerminalNoticeWrite,
     TerminalRecord,
     TxnRecord,
     TxnWrite,
+    UpstreamMembersWrite,
 )
 from fleetwatch.errors import StoreError
 
@@ -567,3 +569,54 @@ def test_prepare_counts_rows() -> None:
     )
     assert prepared.row_count == 5
     assert len(prepared.incidents) == len(prepared.events) == 1
+
+
+# ---- merchant notices and generated secrets (migration 0002) -------------------------------
+
+async def test_a_generated_secret_is_shared_by_every_store_on_the_file(db_path: Path) -> None:
+    """The first instance's candidate wins; a second instance on the same file gets the same one."""
+    first = await SqliteStore.open(str(db_path))
+    second = await SqliteStore.open(str(db_path))
+    try:
+        assert await first.secret("notice.link_key", "aaa") == "aaa"
+        assert await second.secret("notice.link_key", "bbb") == "aaa"
+        assert await second.secret("http.api_token", "ccc") == "ccc"
+    finally:
+        await first.close()
+        await second.close()
+    raw(db_path, "DELETE FROM secrets WHERE name = 'notice.link_key'")
+    again = await SqliteStore.open(str(db_path))
+    try:
+        assert await again.secret("notice.link_key", "ddd") == "ddd"
+    finally:
+        await again.close()
+
+
+async def test_upstream_members_feed_the_restore_and_the_merchant_page(store: SqliteStore) -> None:
+    """Members of an open upstream come back for the restore; a merchant's notice read finds the
+    upstream through its terminals alone, plus its own incidents and their ancestors."""
+    upstream = dataclasses.replace(incident(1, kind="host_outage", key="fleet|host_outage"),
+                                   scope="fleet", terminal_id=None, merchant_id=None)
+    child = dataclasses.replace(incident(2, terminal_id="T5", merchant_id="M2", kind="network"),
+                                parent_id=upstream.id, suppressed=True)
+    old = dataclasses.replace(incident(3, merchant_id="M2", terminal_id="T6", status="resolved"), resolved_at=T0 - 10)
+    await store.write([iw(upstream), iw(child), iw(old),
+                       UpstreamMembersWrite(upstream.id, (("T7", "M2"), ("T8", "M3")), T0),
+                       UpstreamMembersWrite(upstream.id, (("T7", "M2"),), T0 + 1)])
+    assert {k: sorted(v) for k, v in (await store.load_open_upstream_members()).items()} == {
+        upstream.id: [("T7", "M2"), ("T8", "M3")]}
+    found, members = await store.merchant_notice_incidents("M2", T0 - 100)
+    assert sorted(i.id for i in found) == sorted([upstream.id, child.id, old.id])
+    assert members == {upstream.id: {"T7"}}
+    found, members = await store.merchant_notice_incidents("M2", T0)
+    assert old.id not in {i.id for i in found}
+    found, members = await store.merchant_notice_incidents("M9", T0 - 100)
+    assert (found, members) == ([], {})
+
+
+async def test_terminal_notices_keep_the_last_acknowledged(store: SqliteStore) -> None:
+    await store.write([TerminalNoticeWrite("T1", "M1", '{"items":[1]}', T0),
+                       TerminalNoticeWrite("T1", "M1", '{"items":[]}', T0 + 1),
+                       TerminalNoticeWrite("T2", "M1", None, T0 + 2)])
+    assert await store.load_terminal_notices() == [
+        TerminalNoticeWrite("T1", "M1", '{"items":[]}', T0 + 1), TerminalNoticeWrite("T2", "M1", None, T0 + 2)]
