@@ -6,7 +6,6 @@ who may open a merchant's page (the signed link, key rotation, the merchant-only
 
 from __future__ import annotations
 
-import json
 import sqlite3
 import subprocess
 import sys
@@ -19,53 +18,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 from fleetwatch.core.links import sign
 from tests.publish import Publisher, heartbeat
+from tests.screens import screens
 from tests.services import Broker, Daemon, free_port, wait_until
 
 pytestmark = pytest.mark.broker
 
-FAST = {"detect": {"heartbeat_interval_s": 0.5}, "notice": {"link_key": "key-one", "support_phone": "95588"}}
-
-
-class Screens:
-    """A paho client on ``{prefix}/term/+/notice``: what each terminal's screen was given, in order."""
-
-    def __init__(self, broker: Broker, prefix: str) -> None:
-        self.live: list[tuple[str, bytes]] = []
-        self.retained: list[tuple[str, bytes]] = []
-        self._lock = threading.Lock()
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.client.on_message = self._on_message
-        self.client.connect("127.0.0.1", broker.port)
-        self.client.subscribe(f"{prefix}/term/+/notice", qos=1)
-        self.client.loop_start()
-
-    def _on_message(self, _c: mqtt.Client, _u: object, m: mqtt.MQTTMessage) -> None:
-        with self._lock:
-            (self.retained if m.retain else self.live).append((m.topic.split("/")[-2], bytes(m.payload)))
-
-    def items(self, tid: str, *, retained: bool = False) -> list[list[dict[str, Any]]]:
-        with self._lock:
-            source = self.retained if retained else self.live
-            return [json.loads(p)["items"] if p else [] for t, p in source if t == tid]
-
-    def close(self) -> None:
-        self.client.loop_stop()
-        self.client.disconnect()
-
-
-@contextmanager
-def screens(broker: Broker, prefix: str) -> Iterator[Screens]:
-    s = Screens(broker, prefix)
-    try:
-        yield s
-    finally:
-        s.close()
+FAST: dict[str, dict[str, Any]] = {
+    "detect": {"heartbeat_interval_s": 0.5}, "notice": {"link_key": "key-one", "support_phone": "95588"},
+}
 
 
 @contextmanager
