@@ -111,6 +111,7 @@ class NoticePages:
             lang=notice.lang, w=words, acquirer=ctx.acquirer_name,
             current=current, resolved=[self._card(i, cat) for i in notice.resolved],
             phone=ctx.support_phone, phone_href=_tel(ctx.support_phone), other_lang=switch,
+            default_phone=values["support_phone"],
         )
 
     def refused(self, lang: str, check: LinkCheck) -> str:
