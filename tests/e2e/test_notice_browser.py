@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import Browser, Page, ViewportSize, sync_playwright
 
 from fleetwatch.core.links import sign
 from tests.publish import Publisher, batch, heartbeat, txn
@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.broker, pytest.mark.slow]
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--no-first-run", "--disable-sync", "--disable-quic"]
-PHONE = {"width": 390, "height": 844}
+PHONE: ViewportSize = {"width": 390, "height": 844}
 OUT = Path(__file__).resolve().parents[2] / "test-output"
 KEY = "browser-test-key"
 SHOP = "M0042"
