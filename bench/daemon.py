@@ -62,6 +62,8 @@ class Daemon:
     interval: float = 60.0
     proc: subprocess.Popen[bytes] | None = None
     http_port: int = 0
+    extra_config: str = ""
+    """TOML sections appended to the config (e.g. ``[notice]`` settings)."""
 
     @property
     def db(self) -> Path:
@@ -75,7 +77,8 @@ class Daemon:
         """Start and wait until ``/readyz`` answers 200; returns the seconds that took."""
         self.http_port = free_port()
         conf = self.workdir / "fleetwatch.toml"
-        conf.write_text(daemon_config(self.mqtt_port, self.http_port, self.db, interval=self.interval))
+        conf.write_text(daemon_config(self.mqtt_port, self.http_port, self.db, interval=self.interval)
+                        + self.extra_config)
         log = (self.workdir / "daemon.log").open("ab")
         cmd = os.environ.get("FLEETWATCH_BENCH_CMD")
         argv = cmd.split() if cmd else [sys.executable, "-m", "fleetwatch"]
@@ -162,5 +165,5 @@ class Daemon:
             con.close()
 
 
-def new_daemon(mqtt_port: int, interval: float = 60.0) -> Daemon:
-    return Daemon(mqtt_port, Path(tempfile.mkdtemp(prefix="fw-bench-")), interval)
+def new_daemon(mqtt_port: int, interval: float = 60.0, extra_config: str = "") -> Daemon:
+    return Daemon(mqtt_port, Path(tempfile.mkdtemp(prefix="fw-bench-")), interval, extra_config=extra_config)

@@ -202,19 +202,18 @@ async def _start_terminal_notices(
     metrics: Metrics, catalogues: Mapping[str, Catalogue], members: dict[str, list[tuple[str, str | None]]],
 ) -> None:
     """The terminals' screens: publish what changes, or clear everything when switched off."""
-    published = await store.load_terminal_notices()
     submit = pipeline.submit
     prefix = settings.mqtt.topic_prefix
     metrics.publish_backlog.set_function(lambda: source.publish_backlog)
     if not settings.notice.publish_to_terminals:
-        cleared = clear_published(published, source, prefix, submit, time.time)
+        cleared = clear_published(await store.load_terminal_notices(), source, prefix, submit, time.time)
         if cleared:
             log.info("notice.publish_to_terminals is off: clearing retained terminal notices", terminals=cleared)
         return
     detect = settings.detect
     window = detect.intervals(detect.correlation_window_intervals)
     screens = TerminalScreens(catalogues[settings.notice.terminal_lang], notice_context(settings), window)
-    screens.restore(engine.open_incidents(), members, published)
+    screens.restore(engine.open_incidents(), members, await store.load_terminal_notices(shown_only=True))
     glue = TerminalNotices(screens, source, prefix, submit, time.time,
                            on_published=metrics.terminal_notices.inc, on_acked=metrics.terminal_notices_acked.inc)
     pipeline.add_commit_listener(glue.on_commit)

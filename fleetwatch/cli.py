@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return code
         if args.command == "notice-link":
             settings = load_settings(args.config)
-            print(asyncio.run(_notice_link(settings, args.merchant_id, args.days, args.seconds)))
+            print(asyncio.run(notice_link(settings, args.merchant_id, args.days, args.seconds)))
             return 0
         if args.command == "demo":
             from fleetwatch.demo import run_demo
@@ -86,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 2
 
 
-async def _notice_link(settings: Settings, merchant_id: str, days: float | None, seconds: float | None) -> str:
+async def notice_link(settings: Settings, merchant_id: str, days: float | None, seconds: float | None) -> str:
     """A signed link; a generated link key is read from (or first written to) the store."""
     import time
 

@@ -80,7 +80,8 @@ class StoreSettings(_Section):
 class HttpSettings(_Section):
     listen: str = "127.0.0.1:9464"
     api_token: SecretStr = SecretStr("")
-    """Empty: the daemon generates one at start and logs the file it wrote it to."""
+    """Empty: generated at first start and kept in the store (shared by every instance on it);
+    written at each start to ``token_file``, whose path is logged."""
     token_file: str | None = None
     """Where a generated token is written; default: beside the store."""
 
@@ -308,9 +309,6 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
     """Settings as plain data with secrets masked (for check-config and the start log)."""
     dumped: dict[str, Any] = settings.model_dump(mode="json")
     dumped["mqtt"]["url"] = _mask_url(settings.mqtt.url)
-    for section, key in (("http", "api_token"), ("notice", "link_key")):
-        if dumped[section][key]:
-            dumped[section][key] = "**********"
     return dumped
 
 

@@ -20,9 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-from fleetwatch.config import load_settings
+from fleetwatch.config import Settings, load_settings
 
 DEMO_TOKEN = "demo"
+DEMO_MERCHANT = "M0000"
+CONFIG = Path("var/demo/fleetwatch.toml")
 
 
 def _free_port() -> int:
@@ -62,14 +64,18 @@ def run_demo(*, terminals: int, http: str, duration: float) -> int:
     with tempfile.TemporaryDirectory(prefix="fleetwatch-demo-") as tmp:
         broker, port = _start_broker(Path(tmp))
         url = f"mqtt://127.0.0.1:{port}"
-        settings = load_settings(None, {
-            "mqtt": {"url": url, "client_id": "fleetwatch-demo"},
-            "store": {"url": f"sqlite:///{store}"},
-            "http": {"listen": http, "api_token": DEMO_TOKEN},
-            "detect": {"heartbeat_interval_s": 5},
-            "log": {"level": "info"},
-        })
+        CONFIG.resolve().write_text(
+            "# Written by `fleetwatch demo` (its settings, for `fleetwatch notice-link --config ...`).\n"
+            f'[mqtt]\nurl = "{url}"\nclient_id = "fleetwatch-demo"\n'
+            f'[store]\nurl = "sqlite:///{store}"\n'
+            f'[http]\nlisten = "{http}"\napi_token = "{DEMO_TOKEN}"\n'
+            '[detect]\nheartbeat_interval_s = 5\n[log]\nlevel = "info"\n'
+            '[notice]\nacquirer_name = "Demo Acquirer"\nsupport_phone = "400-000-0000"\n',
+            encoding="utf-8",
+        )
+        settings = load_settings(CONFIG)
         configure_logging(settings.log)
+        link = _notice_link(settings)
         simulator = subprocess.Popen([
             sys.executable, "-m", "fleetwatch", "simulate", "--url", url, "--terminals", str(terminals),
             "--merchants", str(max(1, terminals // 4)), "--interval", "5", "--speed", "60", "--quiet",
@@ -80,6 +86,9 @@ def run_demo(*, terminals: int, http: str, duration: float) -> int:
             f"  curl -H 'Authorization: Bearer {DEMO_TOKEN}' http://{http}/api/v1/terminals\n"
             f"  curl -H 'Authorization: Bearer {DEMO_TOKEN}' 'http://{http}/api/v1/incidents?status=all'\n"
             f"  curl http://{http}/metrics\n"
+            f"A shop's own page (signed link; {DEMO_MERCHANT}'s terminal T00000 is tampered with after a minute):\n"
+            f"  {link}\n"
+            f"  another shop: fleetwatch notice-link --config {CONFIG} M0001\n"
             "Ctrl-C stops everything.\n",
             file=sys.stderr, flush=True,
         )
@@ -92,6 +101,13 @@ def run_demo(*, terminals: int, http: str, duration: float) -> int:
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
+
+
+def _notice_link(settings: Settings) -> str:
+    """A signed link to the demo merchant's page (the link key is generated into the store)."""
+    from fleetwatch.cli import notice_link
+
+    return asyncio.run(notice_link(settings, DEMO_MERCHANT, days=1, seconds=None))
 
 
 def _interrupt() -> None:

@@ -120,16 +120,16 @@ class Outbox:
 
     def sendable(self) -> list[tuple[str, bytes, Acked | None]]:
         """Take what may be sent now (room in the window, topic not in flight)."""
-        out: list[tuple[str, bytes, Acked | None]] = []
         room = self.limit - len(self.inflight)
-        for topic in list(self.queued):
-            if room <= len(out):
-                break
-            if topic in self.busy:
-                continue
-            payload, on_acked = self.queued.pop(topic)
-            out.append((topic, payload, on_acked))
-        return out
+        if room <= 0 or not self.queued:
+            return []
+        picked: list[str] = []
+        for topic in self.queued:  # stops after `room` picks: at most room + len(busy) looked at
+            if topic not in self.busy:
+                picked.append(topic)
+                if len(picked) >= room:
+                    break
+        return [(topic, *self.queued.pop(topic)) for topic in picked]
 
     def sent(self, mid: int, topic: str, payload: bytes, on_acked: Acked | None) -> None:
         self.inflight[mid] = (topic, payload, on_acked)

@@ -821,10 +821,16 @@ class SqliteStore:
             out.setdefault(incident_id, []).append((terminal_id, merchant_id))
         return out
 
-    async def load_terminal_notices(self) -> list[TerminalNoticeWrite]:
-        """What the broker last acknowledged per terminal (payload None: cleared)."""
+    async def load_terminal_notices(self, *, shown_only: bool = False) -> list[TerminalNoticeWrite]:
+        """What the broker last acknowledged per terminal (payload None: cleared).
+
+        ``shown_only``: only screens with something on them (a screen given ``items: []``
+        looks like one never given anything), so a restart does not load a row for every
+        terminal that ever had a notice.
+        """
+        where = " WHERE payload IS NOT NULL AND payload NOT LIKE '%\"items\":[]%'" if shown_only else ""
         rows = await self._fetchall(
-            "SELECT terminal_id, merchant_id, payload, published_at FROM terminal_notices ORDER BY terminal_id"
+            f"SELECT terminal_id, merchant_id, payload, published_at FROM terminal_notices{where} ORDER BY terminal_id"
         )
         return [TerminalNoticeWrite(*r) for r in rows]
 

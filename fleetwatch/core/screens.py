@@ -93,7 +93,6 @@ class TerminalScreens:
         self._shown: dict[str, Items] = {}
         self._shown_by_merchant: dict[str, set[str]] = {}
         """merchant -> its terminals whose screens are not empty."""
-        self._merchant_of: dict[str, str | None] = {}
         self._dirty: set[str] = set()
 
     # ---- start ---------------------------------------------------------------------------
@@ -111,7 +110,6 @@ class TerminalScreens:
             self._add_members(uid, rows)
         for row in published:
             items = payload_items(row.payload)
-            self._merchant_of[row.terminal_id] = row.merchant_id
             if items:
                 self._shown[row.terminal_id] = items
                 if row.merchant_id is not None:
@@ -211,20 +209,10 @@ class TerminalScreens:
             else:
                 self._shown.pop(tid, None)
                 shown_here.discard(tid)
-            self._merchant_of[tid] = merchant
             out.append(ScreenUpdate(tid, merchant, self._cat.lang, items))
         if not shown_here:
             del self._shown_by_merchant[merchant]
         return out
-
-    # ---- reading -------------------------------------------------------------------------
-
-    def shown(self, terminal_id: str) -> Items:
-        """What the terminal was last given (empty when nothing)."""
-        return self._shown.get(terminal_id, ())
-
-    def __len__(self) -> int:
-        return len(self._view)
 
     # ---- internals -----------------------------------------------------------------------
 

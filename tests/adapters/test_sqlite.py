@@ -618,5 +618,8 @@ async def test_terminal_notices_keep_the_last_acknowledged(store: SqliteStore) -
     await store.write([TerminalNoticeWrite("T1", "M1", '{"items":[1]}', T0),
                        TerminalNoticeWrite("T1", "M1", '{"items":[]}', T0 + 1),
                        TerminalNoticeWrite("T2", "M1", None, T0 + 2)])
+    await store.write([TerminalNoticeWrite("T3", "M1", '{"v":1,"items":[{"title":"x"}]}', T0)])
     assert await store.load_terminal_notices() == [
-        TerminalNoticeWrite("T1", "M1", '{"items":[]}', T0 + 1), TerminalNoticeWrite("T2", "M1", None, T0 + 2)]
+        TerminalNoticeWrite("T1", "M1", '{"items":[]}', T0 + 1), TerminalNoticeWrite("T2", "M1", None, T0 + 2),
+        TerminalNoticeWrite("T3", "M1", '{"v":1,"items":[{"title":"x"}]}', T0)]
+    assert [r.terminal_id for r in await store.load_terminal_notices(shown_only=True)] == ["T3"]
