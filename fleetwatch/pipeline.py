@@ -19,8 +19,8 @@ import structlog
 from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.config import Settings
 from fleetwatch.core.decode import Decoder, Rejection
-from fleetwatch.core.messages import MESSAGE_TYPES, Envelope
-from fleetwatch.core.model import BatchRecord, Effect, IncidentWrite, TerminalRecord
+from fleetwatch.core.messages import Envelope
+from fleetwatch.core.model import MESSAGE_TYPES, BatchRecord, Effect, IncidentWrite, TerminalRecord
 from fleetwatch.core.snapshot import FleetSnapshot
 from fleetwatch.logs import RateLimitedLog
 
