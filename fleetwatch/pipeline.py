@@ -20,7 +20,7 @@ from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.config import Settings
 from fleetwatch.core.decode import Decoder, Rejection
 from fleetwatch.core.messages import Envelope
-from fleetwatch.core.model import MESSAGE_TYPES, BatchRecord, Effect, IncidentWrite, TerminalRecord
+from fleetwatch.core.model import MESSAGE_TYPES, BatchRecord, Effect, IncidentWrite, TerminalRecord, TerminalWrite
 from fleetwatch.core.snapshot import FleetSnapshot
 from fleetwatch.logs import RateLimitedLog
 
@@ -192,6 +192,11 @@ class Pipeline:
         if self._closing or now - self._last_terminal_flush >= self._settings.store.terminal_flush_s:
             self._terminal_backlog.extend(self._engine.take_dirty_terminals())
             self._last_terminal_flush = now
+        written_now = {e.record.terminal_id for e in effects if isinstance(e, TerminalWrite)}
+        if written_now and self._terminal_backlog:
+            # Rows waiting in the backlog are older than an operator's TerminalWrite: written
+            # after it, they would undo it.
+            self._terminal_backlog = [t for t in self._terminal_backlog if t.terminal_id not in written_now]
         # Bounded: a write of a few thousand terminal rows keeps the QoS 1 acks of its batch
         # prompt; the rest waits for the next flush (oldest first, so a newer copy of the same
         # terminal, taken later, is always written after an older one).

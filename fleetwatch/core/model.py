@@ -333,4 +333,15 @@ class SettlementWrite:
     received_at: float
 
 
-Effect = IncidentWrite | DeadLetter | TxnWrite | SettlementWrite
+@dataclass(frozen=True, slots=True)
+class TerminalWrite:
+    """Persist this terminal row now, in the same transaction as the batch that holds it.
+
+    Terminal rows are otherwise written coalesced (``store.terminal_flush_s``); an operator
+    action (a maintenance window) must be durable before the API answers, so it travels
+    as an effect, whose commit the caller awaits."""
+
+    record: TerminalRecord
+
+
+Effect = IncidentWrite | DeadLetter | TxnWrite | SettlementWrite | TerminalWrite
