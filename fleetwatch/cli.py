@@ -9,6 +9,7 @@ Exit codes (README, docs/operating.md), decided here and nowhere else:
     3  the store cannot be opened, locked or written
     4  a TLS or credential file cannot be read (or the generated token file written)
     5  the HTTP listen address cannot be bound
+  130  interrupted (Ctrl-C) before the daemon took over SIGINT, e.g. during the restore
 
 Each fatal error is one line on stderr naming the problem: a log line for ``run`` and
 ``demo`` (JSON, or readable text on a terminal), a plain line for ``check-config``.
