@@ -89,7 +89,7 @@ def not_ready_reason(connected: bool, failure: ConnectFailure | None) -> str | N
     if connected:
         return None
     if failure is None:
-        return "mqtt: not connected yet"
+        return "mqtt: not connected, connecting"
     return f"mqtt: {failure.reason}: {failure.detail}"
 
 
