@@ -364,12 +364,14 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
             if field.deprecated:
                 section.pop(name, None)
     dumped["mqtt"]["url"] = _mask_url(settings.mqtt.url)
+    dumped["store"]["url"] = _mask_url(settings.store.url)
     return dumped
 
 
 def start_summary(settings: Settings) -> dict[str, str]:
     """The few facts the start log line carries: where messages, state and the API are."""
-    return {"broker": _mask_url(settings.mqtt.url), "store": settings.store.url, "listen": settings.http.listen}
+    return {"broker": _mask_url(settings.mqtt.url), "store": _mask_url(settings.store.url),
+            "listen": settings.http.listen}
 
 
 def _mask_url(url: str) -> str:
