@@ -1,4 +1,20 @@
-"""The ``fleetwatch`` command: run, check-config, notice-link, demo, simulate, score."""
+"""The ``fleetwatch`` command: run, check-config, notice-link, demo, simulate, score.
+
+Exit codes (README, docs/operating.md), decided here and nowhere else:
+
+    0  stopped by SIGTERM or SIGINT after committing what it held
+    1  an unexpected error: a bug, logged once with its traceback
+    2  the configuration (file missing or unreadable, bad TOML, unknown key, bad value),
+       or a bad command line
+    3  the store cannot be opened, locked or written
+    4  a TLS or credential file cannot be read (or the generated token file written)
+    5  the HTTP listen address cannot be bound
+  130  interrupted (Ctrl-C) before the daemon took over SIGINT, e.g. during the restore
+
+Each fatal error is one line on stderr naming the problem: a log line for ``run`` and
+``demo`` (JSON, or readable text on a terminal), a plain line for ``check-config`` and
+``notice-link``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +23,24 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from fleetwatch import __version__
-from fleetwatch.config import Settings, effective_settings, load_settings
-from fleetwatch.errors import ConfigError, StoreError
+from fleetwatch.config import Settings, deprecated_settings, effective_settings, load_settings
+from fleetwatch.errors import ConfigError, CredentialFileError, FleetwatchError, ListenError, StoreError
+
+EXIT_CODES: Final[dict[type[FleetwatchError], int]] = {
+    ConfigError: 2, StoreError: 3, CredentialFileError: 4, ListenError: 5,
+}
+EXIT_BUG: Final = 1
+
+
+def exit_code(exc: BaseException) -> int:
+    """The documented exit code of a fatal error (its most specific mapped class), else EXIT_BUG."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return EXIT_BUG
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -54,44 +84,79 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args_list[1:])
     args = _parser().parse_args(args_list)
     try:
-        if args.command == "check-config":
-            settings = load_settings(args.path)
-            print(json.dumps(effective_settings(settings), indent=2, sort_keys=True))
-            return 0
-        if args.command == "run":
-            settings = load_settings(args.config)
-            from fleetwatch.app import run_daemon
-            from fleetwatch.logs import configure_logging
-
-            configure_logging(settings.log)
-            with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
-                code: int = loop_runner.run(run_daemon(settings))
-            return code
-        if args.command == "notice-link":
-            settings = load_settings(args.config)
-            print(asyncio.run(notice_link(settings, args.merchant_id, args.days, args.seconds)))
-            return 0
-        if args.command == "demo":
-            from fleetwatch.demo import run_demo
-
-            return run_demo(terminals=args.terminals, http=args.http, duration=args.duration)
-    except ConfigError as exc:
-        print(f"fleetwatch: {exc}", file=sys.stderr)
-        return 2
-    except StoreError as exc:
-        print(f"fleetwatch: {exc}", file=sys.stderr)
-        return 1
+        return _command(args)
+    except FleetwatchError as exc:
+        code = exit_code(exc)
+        _report(args.command, str(exc), code)
+        return code
     except KeyboardInterrupt:
         return 130
-    return 2
+    except Exception:
+        _report_bug(args.command)
+        return EXIT_BUG
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "check-config":
+        from fleetwatch.adapters.catalogues import load_catalogues
+        from fleetwatch.credentials import mqtt_tls_context
+
+        settings = load_settings(args.path)
+        mqtt_tls_context(settings.mqtt)  # the same file checks as `run` (exit 4)
+        load_catalogues(settings.notice.catalogue_dir)  # the operator's texts, checked as `run` does
+        for warning in deprecated_settings(settings):
+            print(f"fleetwatch check-config: warning: {warning}", file=sys.stderr)
+        print(json.dumps(effective_settings(settings), indent=2, sort_keys=True))
+        return 0
+    if args.command == "run":
+        settings = load_settings(args.config)
+        from fleetwatch.app import run_daemon
+        from fleetwatch.logs import configure_logging
+
+        configure_logging(settings.log)
+        with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
+            code: int = loop_runner.run(run_daemon(settings))
+        return code
+    if args.command == "notice-link":
+        settings = load_settings(args.config)
+        print(asyncio.run(notice_link(settings, args.merchant_id, args.days, args.seconds)))
+        return 0
+    if args.command == "demo":
+        from fleetwatch.demo import run_demo
+
+        return run_demo(terminals=args.terminals, http=args.http, duration=args.duration)
+    raise ConfigError(f"unknown command {args.command!r}")
+
+
+def _report(command: str, message: str, code: int) -> None:
+    """The one line an operator reads for a fatal error."""
+    if command in ("check-config", "notice-link"):
+        print(f"fleetwatch {command}: {message}", file=sys.stderr)
+        return
+    import structlog
+
+    from fleetwatch.logs import configure_default_logging
+
+    configure_default_logging()
+    structlog.get_logger("fleetwatch").error(message, exit_code=code)
+
+
+def _report_bug(command: str) -> None:
+    import structlog
+
+    from fleetwatch.logs import configure_default_logging
+
+    configure_default_logging()
+    structlog.get_logger("fleetwatch").exception(f"fleetwatch {command} stopped by an unexpected error (a bug)",
+                                                 exit_code=EXIT_BUG)
 
 
 async def notice_link(settings: Settings, merchant_id: str, days: float | None, seconds: float | None) -> str:
     """A signed link; a generated link key is read from (or first written to) the store."""
     import time
 
-    from fleetwatch.adapters.sqlite import SqliteStore
-    from fleetwatch.app import calendar_of, link_key, notice_base_url
+    from fleetwatch.adapters.sqlite import SqliteStore, stored_secret
+    from fleetwatch.app import LINK_KEY_SECRET, calendar_of, link_key, notice_base_url
     from fleetwatch.core.links import MERCHANT_ID
     from fleetwatch.merchant_notices import NoticeLinks
 
@@ -99,9 +164,13 @@ async def notice_link(settings: Settings, merchant_id: str, days: float | None, 
         raise ConfigError(f"not a merchant id: {merchant_id!r} (1 to 32 of A-Z a-z 0-9 - .)")
     if (days is not None and days <= 0) or (seconds is not None and seconds <= 0):
         raise ConfigError("--days and --seconds must be positive")
-    if settings.notice.link_key.get_secret_value():
-        key = settings.notice.link_key.get_secret_value().encode()
-    else:
+    configured = settings.notice.link_key.get_secret_value()
+    stored = stored_secret(settings.store.sqlite_path, LINK_KEY_SECRET) if not configured else None
+    if configured:
+        key = configured.encode()
+    elif stored is not None:  # read beside a running daemon, which holds the store
+        key = stored.encode()
+    else:  # no daemon has started on this store yet: generate the key the daemon will use
         store = await SqliteStore.open(settings.store.sqlite_path)
         try:
             key = await link_key(settings, store)

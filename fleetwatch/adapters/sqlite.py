@@ -12,6 +12,10 @@ Why it looks the way it does:
   runs SQL in its own thread, so :func:`prepare` turns effects into plain tuples
   synchronously, and ``write()`` does that at call time, before it returns an awaitable.
   SQLite's thread never sees one of our objects.
+- **One daemon per database.** ``open`` takes an exclusive lock on ``PATH.lock`` (not on
+  the database file: closing any descriptor of it would drop SQLite's own locks), so a
+  second daemon started on the same store by mistake is refused with a StoreError
+  instead of writing beside the first. The kernel releases it when the process dies.
 - **Readers never wait for the writer.** WAL mode and a second, read-only connection
   serve the HTTP API from the last committed state while a write is in progress.
 - **Plain SQL.** Migrations are numbered files (``migrations/NNNN_name.sql``) recorded in
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import gc
 import json
 import re
@@ -53,12 +58,13 @@ from fleetwatch.core.model import (
     SettlementWrite,
     TerminalNoticeWrite,
     TerminalRecord,
+    TerminalWrite,
     TxnRecord,
     TxnWrite,
     UpstreamMembersWrite,
     group_json,
 )
-from fleetwatch.errors import StoreError
+from fleetwatch.errors import BadRequest, StoreError
 
 __all__ = [
     "INCIDENT_STATUS_FILTERS",
@@ -69,6 +75,7 @@ __all__ = [
     "business_day",
     "migrations",
     "prepare",
+    "stored_secret",
 ]
 
 Row = tuple[Any, ...]
@@ -254,6 +261,8 @@ class PreparedWrite:
                 self.settlements.append(_settlement_values(effect))
             elif isinstance(effect, DeadLetter):
                 self.dead_letters.append(_dead_letter_row(effect))
+            elif isinstance(effect, TerminalWrite):
+                self.terminals.append(_terminal_values(effect.record))
             elif isinstance(effect, UpstreamMembersWrite):
                 self.upstream_members.extend(
                     (effect.incident_id, tid, mid, effect.at) for tid, mid in effect.members
@@ -344,14 +353,14 @@ def _encode_cursor(payload: dict[str, Any]) -> str:
 
 
 def _decode_cursor(cursor: str) -> dict[str, Any]:
-    """Opaque to clients; anything we did not produce is a ValueError (HTTP 400)."""
+    """Opaque to clients; anything we did not produce is a BadRequest (HTTP 400)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         payload = json.loads(raw)
     except ValueError as exc:  # binascii.Error, JSONDecodeError, UnicodeDecodeError, non-ASCII
-        raise ValueError("invalid cursor") from exc
+        raise BadRequest("invalid cursor") from exc
     if not isinstance(payload, dict):
-        raise ValueError("invalid cursor")
+        raise BadRequest("invalid cursor")
     return payload
 
 
@@ -368,7 +377,7 @@ def _decode_incident_cursor(cursor: str) -> tuple[float, str]:
         or not isinstance(incident_id, str)
         or set(payload) != {"o", "i"}
     ):
-        raise ValueError("invalid cursor")
+        raise BadRequest("invalid cursor")
     return float(opened_at), incident_id
 
 
@@ -376,13 +385,13 @@ def _decode_terminal_cursor(cursor: str) -> str:
     payload = _decode_cursor(cursor)
     terminal_id = payload.get("t")
     if not isinstance(terminal_id, str) or set(payload) != {"t"}:
-        raise ValueError("invalid cursor")
+        raise BadRequest("invalid cursor")
     return terminal_id
 
 
 def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
 
 
 # ---- migrations ---------------------------------------------------------------------
@@ -498,6 +507,37 @@ def _prepare_location(path: str) -> str:
     return file.resolve().as_uri() + "?mode=ro"
 
 
+def stored_secret(path: str, name: str) -> str | None:
+    """A generated secret read straight from the file, without opening the store (a running
+    daemon holds it): None while the database, its ``secrets`` table or the secret is not there."""
+    file = Path(path)
+    if not file.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(file.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # an older schema without the table: the daemon creates it at its next start
+    return None if row is None else str(row[0])
+
+
+def _lock_instance(path: str) -> Any:
+    """Hold ``PATH.lock`` exclusively for as long as the returned file is open."""
+    lock = open(f"{path}.lock", "a+b")  # noqa: SIM115 - held open for the store's lifetime
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock.close()
+        raise StoreError(f"store {path} is in use by another fleetwatch process (it holds {path}.lock)") from exc
+    except OSError:
+        lock.close()
+        raise
+    return lock
+
+
 async def _open_reader(uri: str) -> Any:
     """A read-only connection: the API can never write, even by mistake."""
     conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
@@ -519,7 +559,7 @@ class SqliteStore:
     ``list_*``/``get_*`` methods serve the HTTP API from committed data.
     """
 
-    def __init__(self, writer: Any, reader: Any, path: str, dead_letters_kept: int) -> None:
+    def __init__(self, writer: Any, reader: Any, path: str, dead_letters_kept: int, lock: Any = None) -> None:
         """Use :meth:`open`."""
         self._writer: Any = writer
         self._reader: Any = reader
@@ -527,6 +567,7 @@ class SqliteStore:
         self._dead_letters_kept = dead_letters_kept
         self._write_lock = asyncio.Lock()
         self._closed = False
+        self._instance_lock: Any = lock
 
     @classmethod
     async def open(cls, path: str, *, dead_letters_kept: int = 1000) -> SqliteStore:
@@ -539,18 +580,26 @@ class SqliteStore:
             raise ValueError("dead_letters_kept must be >= 0")
         try:
             reader_uri = await asyncio.to_thread(_prepare_location, path)
-            writer = await _open_writer(path)
-        except (sqlite3.Error, OSError) as exc:
+            lock = _lock_instance(path)
+        except OSError as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
+        try:
+            writer = await _open_writer(path)
+        except BaseException as exc:
+            lock.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+            raise
         try:
             await _migrate(writer, path)
             reader = await _open_reader(reader_uri)
         except BaseException as exc:
             await writer.close()
+            lock.close()
             if isinstance(exc, sqlite3.Error | OSError):
                 raise StoreError(f"cannot open store {path}: {exc}") from exc
             raise
-        return cls(writer, reader, path, dead_letters_kept)
+        return cls(writer, reader, path, dead_letters_kept, lock)
 
     async def close(self) -> None:
         """Close both connections (waits for a write in progress); idempotent."""
@@ -562,6 +611,8 @@ class SqliteStore:
                 await self._reader.close()
             finally:
                 await self._writer.close()
+                if self._instance_lock is not None:
+                    self._instance_lock.close()
 
     @property
     def path(self) -> str:
@@ -707,7 +758,7 @@ class SqliteStore:
         """One page of incidents, newest first by (opened_at, id), and the next page's cursor.
 
         ``status``: open (includes acknowledged) | acknowledged | resolved | all. Keyset
-        pagination: a page is stable under inserts of newer incidents. ValueError for an
+        pagination: a page is stable under inserts of newer incidents. BadRequest for an
         unknown status, a limit outside 1..MAX_PAGE or a cursor we did not issue.
         """
         _check_limit(limit)
@@ -900,4 +951,4 @@ def _status_filter(status: str) -> tuple[list[str], list[Any]]:
         return ["status = ?"], [status]
     if status == "all":
         return [], []
-    raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUS_FILTERS)}")
+    raise BadRequest(f"status must be one of {', '.join(INCIDENT_STATUS_FILTERS)}")

@@ -573,16 +573,22 @@ def test_prepare_counts_rows() -> None:
 
 # ---- merchant notices and generated secrets (migration 0002) -------------------------------
 
-async def test_a_generated_secret_is_shared_by_every_store_on_the_file(db_path: Path) -> None:
-    """The first instance's candidate wins; a second instance on the same file gets the same one."""
+async def test_a_generated_secret_is_kept_once_and_readable_beside_the_daemon(db_path: Path) -> None:
+    """The first candidate wins and survives a reopen; it can be read from the file while a
+    store (a running daemon) holds it; deleting the row lets a new one be generated."""
+    assert sqlite_adapter.stored_secret(str(db_path), "notice.link_key") is None
     first = await SqliteStore.open(str(db_path))
-    second = await SqliteStore.open(str(db_path))
     try:
         assert await first.secret("notice.link_key", "aaa") == "aaa"
-        assert await second.secret("notice.link_key", "bbb") == "aaa"
-        assert await second.secret("http.api_token", "ccc") == "ccc"
+        assert await first.secret("notice.link_key", "bbb") == "aaa"
+        assert sqlite_adapter.stored_secret(str(db_path), "notice.link_key") == "aaa"
+        assert sqlite_adapter.stored_secret(str(db_path), "http.api_token") is None
     finally:
         await first.close()
+    second = await SqliteStore.open(str(db_path))
+    try:
+        assert await second.secret("notice.link_key", "ccc") == "aaa"
+    finally:
         await second.close()
     raw(db_path, "DELETE FROM secrets WHERE name = 'notice.link_key'")
     again = await SqliteStore.open(str(db_path))

@@ -219,8 +219,8 @@ def test_the_merchant_listener_serves_the_page_and_nothing_else(daemon: Daemon, 
 
 
 def test_the_api_token_is_generated_once_into_the_store(daemon: Daemon, tmp_path: Path) -> None:
-    """An empty http.api_token: generated at first start, kept in the store, the same after a restart
-    and for another instance on the same store (written to the token file each time)."""
+    """An empty http.api_token: generated at first start and kept in the store, so it is the same
+    after a restart (and rewritten to the token file each time)."""
     daemon.token = ""
     daemon.start(wait_ready=False)
     token_file = daemon.workdir / "api-token"
