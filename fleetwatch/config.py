@@ -448,8 +448,11 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
 
 def start_summary(settings: Settings) -> dict[str, str]:
     """The few facts the start log line carries: where messages, state and the API are."""
-    return {"broker": _mask_url(settings.mqtt.url), "store": _mask_url(settings.store.url),
-            "listen": settings.http.listen}
+    summary = {"broker": _mask_url(settings.mqtt.url), "store": _mask_url(settings.store.url),
+               "listen": settings.http.listen}
+    if settings.notice.listen:
+        summary["merchant_listen"] = settings.notice.listen
+    return summary
 
 
 def _mask_url(url: str) -> str:
