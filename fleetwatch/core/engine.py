@@ -14,8 +14,9 @@ asks the correlator for the parent that explains it and hands both to the incide
 what the book touched goes back to the correlator to re-judge merchants.
 
 and the clock goes through :meth:`Engine.tick`: silence (a deadline heap: only the
-terminals whose deadline passed are looked at, never all of them), comm-error runs whose
-waiting window is over, settlement deadlines, hysteresis, and the correlator's windows.
+terminals whose deadline passed are looked at, never all of them), link and print rate
+windows that asked to be looked at again, settlement deadlines, hysteresis, and the
+correlator's windows.
 
 Liveness is the receive time of any non-retained message from the terminal. A
 retained State is history: it never proves liveness and never opens anything. After
@@ -45,15 +46,18 @@ from fleetwatch.core.model import (
     TerminalRecord,
     TxnWrite,
 )
+from fleetwatch.core.rates import FleetRates
 from fleetwatch.core.rules import (
     COND_BITS,
     HEARTBEAT_RULES,
     KIND_MASK,
     OFFLINE_BIT,
+    RATE_BITS,
     TXN_RULES,
     Ctx,
     came_back,
-    comm_errors_due,
+    rates_due,
+    resume_rate,
     run_rules,
     went_offline,
 )
@@ -70,6 +74,7 @@ from fleetwatch.core.state import (
     from_record,
     to_record,
 )
+from fleetwatch.core.upstreams import HOST_ERRORS
 
 MAINTENANCE = "maintenance"
 
@@ -103,7 +108,8 @@ class Engine:
         self._corr = Correlator(detect, self._book, self._census, self._labels_of)
         self._settle = SettlementBook(settlement)
         self._attr = Attributor(detect)
-        self._ctx = Ctx(detect)
+        self._rates = FleetRates(detect)
+        self._ctx = Ctx(detect, self._rates)
         self._recent: dict[tuple[str, str], None] = {}
         self._maint: dict[str, float] = {}
 
@@ -133,6 +139,8 @@ class Engine:
                 if bit is not None:
                     st = self._terms.get(inc.terminal_id) or self._create(inc.terminal_id, inc.merchant_id)
                     st.conds |= bit
+                    if bit & RATE_BITS:
+                        heapq.heappush(self._wakes, (resume_rate(st, bit, now, self._cfg), st.terminal_id))
                     if inc.kind == "power":
                         st.batt_fired |= 3 if inc.cause == "battery_critical" else 1
         self._corr.restore(self._book.open_incidents())
@@ -431,11 +439,18 @@ class Engine:
             flapping = st.flap_until is not None and seen + self._flap_after <= st.flap_until
             sigs.extend(self._offline(st, now, "flap" if flapping else "silence"))
         wakes = self._wakes
+        again: list[tuple[float, str]] = []
         while wakes and wakes[0][0] <= now:
             _, tid = heapq.heappop(wakes)
             st = self._terms.get(tid)
             if st is not None:
-                sigs.extend(comm_errors_due(self._ctx.reset(st, None, now)))
+                ctx = self._ctx.reset(st, None, now)
+                sigs.extend(rates_due(ctx))
+                if ctx.wake is not None:
+                    again.append((ctx.wake, tid))
+        for wake in again:  # pushed after the loop: a wake due now waits for the next tick
+            heapq.heappush(wakes, wake)
+        self._rates.tick(now, host_outage_open=self._corr.upstreams.any_open(HOST_ERRORS))
         sigs.extend(self._settle.tick(now))
         out: list[Effect] = self._signals(sigs, now) if sigs else []
         out.extend(self._book.tick(now))
