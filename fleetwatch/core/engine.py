@@ -157,6 +157,8 @@ class Engine:
             online_groups[group_labels(st.model, st.fw, st.net_type)] += 1
         if st.maintenance_until is not None:
             self._maint[st.terminal_id] = st.maintenance_until
+        if st.tamper:
+            self._settle.note_tampered(st.terminal_id)
         due = self._due(st)
         if due is not None:
             st.sched = due
