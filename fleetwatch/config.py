@@ -127,8 +127,9 @@ class DetectSettings(_Section):
     attempts (comm_errors, print_errors): one success never ends an incident."""
     rate_window_intervals: float = Field(default=60, gt=0)
     """Attempts older than this leave the rate window whatever their number."""
-    rate_min_attempts: int = Field(default=3, ge=1)
-    """Attempts the rate window must hold before its share opens or clears anything."""
+    rate_min_attempts: int = Field(default=5, ge=1)
+    """Attempts the rate window must hold before its share opens or clears anything (an
+    unbroken run of failures reaching comm_error_min / print_error_min opens sooner)."""
     rate_open_share: float = Field(default=0.5, gt=0, le=1)
     """Failing share of the window that opens comm_errors / print_errors."""
     rate_clear_share: float = Field(default=0.2, ge=0, lt=1)

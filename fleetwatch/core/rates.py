@@ -9,10 +9,11 @@ attempts:
 
 - **window**: the last ``rate_window_attempts`` attempts, none older than
   ``rate_window_intervals``;
-- **open** when the window holds at least ``rate_min_attempts`` attempts, at least the
-  signal's minimum failures (``comm_error_min``, ``print_error_min``) and a failing share
-  of at least ``rate_open_share`` — and at least ``rate_baseline_factor`` times the
-  fleet's own baseline share, so a fleet on a poor network is judged against itself;
+- **open** when the window holds at least ``rate_min_attempts`` attempts (or only
+  failures), at least the signal's minimum failures (``comm_error_min``,
+  ``print_error_min``) and a failing share of at least ``rate_open_share`` — and at
+  least ``rate_baseline_factor`` times the fleet's own baseline share, so a fleet on a
+  poor network is judged against itself;
 - **clear** when the share falls below ``rate_clear_share`` (with enough attempts to
   say so), or when no attempt has failed for ``clear_after_intervals`` (the failures
   stopped, or the terminal stopped trading); the incident book's hysteresis follows.
@@ -72,19 +73,27 @@ class RateRule:
         return min(1.0, max(self.open_share, self.baseline_factor * baseline))
 
 
+_EPS: Final = 1e-9
+"""Shares are compared with this slack: 12 of 20 is 60% even when 3 x 0.2 is 0.6000000000000001."""
+
+
 def judge(attempts: int, failures: int, baseline: float, held: bool, rule: RateRule) -> Verdict:
     """What a window of ``attempts`` with ``failures`` says, for a condition ``held`` or not.
 
     Not held: ``open`` when there is enough evidence and the share reaches the threshold.
-    Held: ``clear`` when there is enough evidence that the share fell below the clear
-    share. Anything else (including every share between the two) keeps things as they are.
+    Enough evidence is ``min_attempts`` attempts, or at least ``min_failures`` attempts
+    that all failed (a link down on every attempt is clear long before the fifth one;
+    a window starts at a terminal's first failure, so fewer mixed attempts than that would
+    overstate the share). Held: ``clear`` when ``min_attempts`` attempts show a share below
+    the clear share. Anything else (every share between the two included) keeps things
+    as they are.
     """
     if attempts <= 0:
         return "keep"
     share = failures / attempts
     if not held:
-        if attempts >= rule.min_attempts and failures >= rule.min_failures \
-                and share >= rule.open_threshold(baseline):
+        enough = attempts >= rule.min_attempts or failures == attempts
+        if enough and failures >= rule.min_failures and share >= rule.open_threshold(baseline) - _EPS:
             return "open"
         return "keep"
     if attempts >= rule.min_attempts and share < rule.clear_share:
