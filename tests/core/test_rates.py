@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 
@@ -90,12 +91,13 @@ def test_fleet_share_learns_only_normal_periods_with_enough_attempts() -> None:
 
 # ---- terminals through the engine ----------------------------------------------------------------
 
-LINK_FAIL = {"outcome": "error", "rc": None, "error": {"stage": "connect"}}
-PRINT_FAIL = {"error": {"stage": "print"}}
+Fields = dict[str, Any]
+LINK_FAIL: Fields = {"outcome": "error", "rc": None, "error": {"stage": "connect"}}
+PRINT_FAIL: Fields = {"error": {"stage": "print"}}
 
 
 def attempts(f: Fleet, tid: str, start: float, pattern: str, *, every: float = 1.0,
-             fail: dict[str, object] | None = None) -> float:
+             fail: Fields | None = None) -> float:
     """Payments of ``tid`` from ``start``, one per ``every``: ``F`` fails, ``S`` succeeds, ``.``
     is no attempt. Heartbeats every interval alongside. Returns the time after the last one."""
     fail = fail or LINK_FAIL
@@ -107,7 +109,7 @@ def attempts(f: Fleet, tid: str, start: float, pattern: str, *, every: float = 1
             next_beat += 1.0
         if c != ".":
             fields = fail if c == "F" else {}
-            f.send(txn_env(tid, t, f"{tid}-{start}-{n}", **fields))  # type: ignore[arg-type]
+            f.send(txn_env(tid, t, f"{tid}-{start}-{n}", **fields))
         t += every
     return t
 
@@ -121,7 +123,7 @@ class RateCase:
     name: str
     pattern: str
     every: float = 1.0
-    fail: dict[str, object] | None = None
+    fail: Fields | None = None
     kind: str = "network"
     opens: bool = True
     stays_open_while_failing: bool = True
@@ -231,11 +233,11 @@ def test_the_fleets_own_baseline_raises_the_bar() -> None:
             for p in peers:
                 if step % 2 == 0:
                     f.beat(p, t)
-                f.send(txn_env(p, t + 0.1, f"{p}-{step}", **(LINK_FAIL if pattern(step) else {})))  # type: ignore[arg-type]
+                f.send(txn_env(p, t + 0.1, f"{p}-{step}", **(LINK_FAIL if pattern(step) else {})))
             if step % 2 == 0:
                 f.beat("T1", t)
             if step >= 200:
-                f.send(txn_env("T1", t + 0.2, f"T1-{step}", **(LINK_FAIL if step % 10 < 7 else {})))  # type: ignore[arg-type]
+                f.send(txn_env("T1", t + 0.2, f"T1-{step}", **(LINK_FAIL if step % 10 < 7 else {})))
         return f.of("T1")
 
     assert [i.cause for i in run(noisy=False)] == ["comm_errors"]
