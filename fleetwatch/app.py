@@ -61,6 +61,14 @@ def api_token(settings: Settings) -> str:
     return token
 
 
+def terminal_groups(engine: Engine, terminal_id: str) -> dict[str, str | None]:
+    """A terminal's group attributes, for its alerts' labels (Alertmanager's inhibition by group)."""
+    rec = engine.terminal(terminal_id)
+    if rec is None:
+        return {}
+    return {"model": rec.model, "fw": rec.fw, "net_type": rec.net_type}
+
+
 async def run_daemon(settings: Settings) -> int:
     """Run until a signal (exit 0) or an unrecoverable store error (exit 1)."""
     log.info("fleetwatch starting", settings=effective_settings(settings))
@@ -109,7 +117,9 @@ async def _run_with_store(settings: Settings, store: SqliteStore, started: float
     host, port = settings.http.host_port
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                          lifespan="off"))
-    notifier = AlertmanagerNotifier(settings.notify, open_incidents) if settings.notify.alertmanager_url else None
+    notifier = AlertmanagerNotifier(
+        settings.notify, open_incidents, terminal_groups=lambda tid: terminal_groups(engine, tid),
+    ) if settings.notify.alertmanager_url else None
     if notifier is not None:
         pipeline.add_commit_listener(notifier.on_commit)
 
