@@ -101,9 +101,4 @@ def explains_cause(parent: Incident, kind: str, cause: str, scope: str) -> bool:
     return False
 
 
-def explained_causes(kind: str, cause: str) -> frozenset[Pair]:
-    """What an upstream of (kind, cause) explains (empty for anything else)."""
-    return UPSTREAM_EXPLAINS.get((kind, cause), frozenset())
-
-
-__all__ = ["FAMILIES", "UPSTREAM_EXPLAINS", "cause_family", "explained_causes", "explains", "explains_cause"]
+__all__ = ["FAMILIES", "UPSTREAM_EXPLAINS", "cause_family", "explains", "explains_cause"]

@@ -7,16 +7,16 @@ below. Inside, a message goes:
     state (liveness, order, reboot, serial) -> rule table -> incident book
                       \\-> settlement book ----------------/       \\-> correlator
 
+and the clock goes through :meth:`Engine.tick`: silence (a deadline heap: only the
+terminals whose deadline passed are looked at, never all of them), link and print rate
+windows that asked to be looked at again, settlement deadlines, hysteresis, and the
+correlator's windows.
+
 The engine owns the fleet census (:class:`~fleetwatch.core.census.FleetCensus`): every
 change of a terminal's state, merchant or group is told to it in one place, and the
 correlator reads its denominators from it. For each new terminal incident the engine
 asks the correlator for the parent that explains it and hands both to the incident book;
 what the book touched goes back to the correlator to re-judge merchants.
-
-and the clock goes through :meth:`Engine.tick`: silence (a deadline heap: only the
-terminals whose deadline passed are looked at, never all of them), link and print rate
-windows that asked to be looked at again, settlement deadlines, hysteresis, and the
-correlator's windows.
 
 Liveness is the receive time of any non-retained message from the terminal. A
 retained State is history: it never proves liveness and never opens anything. After

@@ -139,10 +139,6 @@ class AttemptWindow:
                 return at
         return None
 
-    @property
-    def share(self) -> float:
-        return self.failures / len(self.attempts) if self.attempts else 0.0
-
     def idle(self) -> bool:
         """No failure left and nothing waiting: the window can be dropped."""
         return self.failures == 0 and not self.pending and self.wake_at is None
