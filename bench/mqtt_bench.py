@@ -21,16 +21,24 @@ import argparse
 import asyncio
 import json
 import os
+import resource
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
 from typing import Any
 
+import uvloop
+from gmqtt import Client as GClient
+from gmqtt import Subscription
+from gmqtt.mqtt.constants import MQTTv50
+from gmqtt.mqtt.package import Package
+
 from bench import stream as streams
 from bench.broker import mosquitto
 from bench.publisher import connect_all, publish
+from fleetwatch.mqtt5 import Client, ConnectOptions
+from fleetwatch.mqtt5.codec import FrameReader, Packet
 
 MOSQUITTO_SUB = "/usr/bin/mosquitto_sub"
 TOPIC_FILTER = "fleet/v1/#"
@@ -48,8 +56,6 @@ class _Counter:
 
 
 async def _receive_lean(port: int, total: int) -> _Counter:
-    from fleetwatch.mqtt5 import Client, ConnectOptions
-
     loop = asyncio.get_running_loop()
     counter = _Counter(total, loop.create_future())
     client: Client
@@ -72,10 +78,6 @@ async def _receive_lean(port: int, total: int) -> _Counter:
 
 
 async def _receive_gmqtt(port: int, total: int) -> _Counter:
-    from gmqtt import Client as GClient
-    from gmqtt import Subscription
-    from gmqtt.mqtt.constants import MQTTv50
-
     loop = asyncio.get_running_loop()
     counter = _Counter(total, loop.create_future())
     client = GClient(f"bench-gmqtt-{os.getpid()}", optimistic_acknowledgement=False, receive_maximum=1000)
@@ -94,9 +96,14 @@ async def _receive_gmqtt(port: int, total: int) -> _Counter:
         handler._send_puback(mid)
         count()
 
-    subscribed = loop.create_future()
+    subscribed: asyncio.Future[None] = loop.create_future()
+
+    def on_subscribe(*_args: Any) -> None:
+        if not subscribed.done():
+            subscribed.set_result(None)
+
     client.on_message = on_message
-    client.on_subscribe = lambda *_a: subscribed.done() or subscribed.set_result(None)
+    client.on_subscribe = on_subscribe
     handler._handle_qos_1_publish_packet = on_qos1
     await client.connect("127.0.0.1", port, keepalive=60, version=MQTTv50)
     client.subscribe([Subscription(TOPIC_FILTER, qos=1)])
@@ -108,10 +115,6 @@ async def _receive_gmqtt(port: int, total: int) -> _Counter:
 async def _receive_gmqtt_trimmed(port: int, total: int) -> _Counter:
     """gmqtt with its read path cut short: PUBLISH parsed by our codec straight from its
     buffer into the callback; every other packet still goes through gmqtt's handler."""
-    from gmqtt.mqtt.package import Package
-
-    from fleetwatch.mqtt5.codec import FrameReader, Packet
-
     counter = await _receive_gmqtt(port, total)
     gclient = counter.client  # type: ignore[attr-defined]
     conn = gclient._connection
@@ -153,12 +156,7 @@ async def _child(kind: str, port: int, total: int) -> None:
 
 
 def child_main(kind: str, port: int, total: int) -> None:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - the daemon runs on uvloop where it exists
-        asyncio.run(_child(kind, port, total))
-    else:
-        uvloop.run(_child(kind, port, total))
+    uvloop.run(_child(kind, port, total))  # as the daemon runs
 
 
 # ---- the parent ------------------------------------------------------------------------
@@ -182,18 +180,19 @@ async def _run_python(kind: str, port: int, st: streams.Stream) -> dict[str, flo
 
 
 async def _run_c(port: int, st: streams.Stream) -> dict[str, float]:
-    proc = subprocess.Popen([MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", TOPIC_FILTER,
-                             "-C", str(st.messages), "-i", f"bench-c-{port}"], stdout=subprocess.DEVNULL)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = await asyncio.create_subprocess_exec(
+        MOSQUITTO_SUB, "-h", "127.0.0.1", "-p", str(port), "-q", "1", "-t", TOPIC_FILTER, "-C", str(st.messages),
+        "-i", f"bench-c-{port}", stdout=asyncio.subprocess.DEVNULL)
     await asyncio.sleep(0.5)
-    usage0 = os.wait4  # the child's CPU time comes from wait4's rusage
     clients = await connect_all(port, 4, "bench-pub-c")
     res = await publish(clients, st)
-    _pid, _status, usage = await asyncio.to_thread(usage0, proc.pid, 0)
+    await asyncio.wait_for(proc.wait(), 300)
     done = time.time()
-    proc.returncode = 0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # mosquitto_sub is the only child reaped since
     await asyncio.gather(*(c.close() for c in clients))
-    return {"rate": st.messages / (done - res.started),
-            "cpu_us": (usage.ru_utime + usage.ru_stime) / st.messages * 1e6, "received": st.messages}
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return {"rate": st.messages / (done - res.started), "cpu_us": cpu / st.messages * 1e6, "received": st.messages}
 
 
 async def measure(messages: int, repeat: int, kinds: list[str]) -> dict[str, list[dict[str, float]]]:

@@ -290,10 +290,16 @@ class Client:
         self._queued: deque[tuple[str, bytes, bool, asyncio.Future[None]]] = deque()
         self._subacks: dict[int, asyncio.Future[codec.Ack]] = {}
         self._pending_conn: Connection | None = None
+        self._latest: Connection | None = None
 
     @property
     def connected(self) -> bool:
         return self.connection is not None and self.connection.open
+
+    @property
+    def inflight(self) -> int:
+        """Our QoS 1 publishes written and not yet confirmed."""
+        return len(self._inflight)
 
     @property
     def outbound_pending(self) -> int:
@@ -340,7 +346,7 @@ class Client:
         receive_max = props.get(codec.P_RECEIVE_MAXIMUM, 65535)
         self._server_receive_max = receive_max if isinstance(receive_max, int) else 65535
         keepalive = props.get(codec.P_SERVER_KEEP_ALIVE, self.options.keepalive)
-        self.connection = conn
+        self.connection = self._latest = conn
         conn.start_keepalive(keepalive if isinstance(keepalive, int) else self.options.keepalive)
         self._resend(dup=connack.session_present)
 
@@ -353,8 +359,9 @@ class Client:
             self._subacks.clear()
 
     async def wait_closed(self) -> MqttError | None:
-        """Wait until the current connection ends; returns why (None when we closed it)."""
-        conn = self.connection
+        """Wait until the latest connection ends (at once if it has); returns why (None when we
+        closed it, or when there never was one)."""
+        conn = self._latest
         if conn is None:
             return None
         return await asyncio.shield(conn.closed)
