@@ -119,7 +119,7 @@ class Daemon:
                     return n, now
                 time.sleep(0.05)
 
-    def wait_incident(self, terminal_id: str, kind: str, *, within: float = 300.0, every: float = 0.02) -> float | None:
+    def wait_incident(self, terminal_id: str, kind: str, *, within: float = 300.0, every: float = 0.05) -> float | None:
         """Poll the API until an incident of ``kind`` for ``terminal_id`` is visible (committed to
         the store); the wall time it was first seen, or None after ``within`` seconds."""
         deadline = time.monotonic() + within

@@ -473,6 +473,8 @@ class FrameReader:
             b = data[pos + 1]
             if b < 0x80:
                 length, start = b, pos + 2
+            elif pos + 2 < end and data[pos + 2] < 0x80:  # 128 B .. 16 KiB: every contract payload
+                length, start = (b & 0x7F) | data[pos + 2] << 7, pos + 3
             else:
                 got = read_varint(data, pos + 1, end)
                 if got is None:
