@@ -16,6 +16,7 @@ background; restart to /readyz <= 10 s with 1,000,000 terminals stored; /metrics
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import resource
 import statistics
@@ -213,7 +214,8 @@ async def _daemon_alone(st: streams.Stream, opts: Options) -> IngestRun:
 
 async def figure_ingest(opts: Options) -> list[Figure]:
     """Figures 1 and 2: the daemon end to end, and its ratio to mosquitto_sub, each alone."""
-    cmd = f"{opts.command} ingest" + (" --smoke" if opts.smoke else "")
+    cmd = (f"{opts.command} ingest" + (" --smoke" if opts.smoke else "")
+           + (f" --repeat {opts.repeat}" if opts.repeat > 1 else ""))
     ingest = Figure("ingest", "Sustained end-to-end ingest (figure 1)", cmd)
     ratio = Figure("ratio", "Ingest relative to mosquitto_sub, each alone (figure 2)", cmd)
     st = streams.mix(streams.make_terminals(opts.terminals), opts.messages, connections=opts.connections)
@@ -259,6 +261,9 @@ async def figure_ingest(opts: Options) -> list[Figure]:
         pairs = ", ".join(f"{r.rate:,.0f}" for r in refs)
         ratio.notes.append(f"median of {opts.repeat} runs each, alternating which goes first; mosquitto_sub: {pairs}"
                            + ("; daemon: " + ", ".join(f"{r.rate:,.0f}" for r in runs) if runs else ""))
+    load = os.getloadavg()[0]
+    ratio.notes.append(f"load average (1 min) at the end: {load:.1f} on {os.cpu_count()} CPUs; the CPU per "
+                       "message is the figure least disturbed by other load")
     ingest.notes.append(f"{opts.terminals:,} terminals, {st.messages:,} messages ({st.heartbeats:,} heartbeats "
                         f"QoS 0, {st.txns:,} txns QoS 1) and one closing tamper heartbeat QoS 1, rate "
                         f"{'unthrottled' if opts.rate is None else _rate(opts.rate)}; a fresh broker for each "
