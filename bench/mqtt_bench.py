@@ -12,7 +12,8 @@ nothing with a message but count it and acknowledge the QoS 1 ones at once:
 Reported per receiver: the drain rate (messages / time from the first byte published
 to the last message received) and the receiver's own CPU time per message (less
 sensitive to what else the machine runs than the rate). Receivers run one after the
-other, in rotating order, ``--repeat`` times. Supports docs/decisions/0003.
+other, in rotating order, ``--repeat`` times. Exit 1 when a receiver missed a message.
+Supports docs/decisions/0003.
 """
 
 from __future__ import annotations
@@ -230,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
         cpu = statistics.median(x["cpu_us"] for x in runs)
         got = min(x["received"] for x in runs)
         print(f"{kind:<14} {rate:>10,.0f} msg/s {cpu:>12.2f} µs {got:>10,.0f}")
-    return 0
+    complete = all(x["received"] == a.messages for runs in results.values() for x in runs)
+    if not complete:
+        print("a receiver missed messages")
+    return 0 if complete else 1
 
 
 if __name__ == "__main__":
