@@ -1,7 +1,7 @@
 """How fast is the SQLite store? ``python -m bench.store_bench [--terminals N] [--batches N]``.
 
 Two figures matter for sizing: how many effect rows one ``write()`` commits per second
-(the writer batches up to ``store.max_batch`` = 5,000 effects), and how long a restart
+(in batches of 5,000 effects, a busy flush interval's worth), and how long a restart
 spends in ``load_terminals()`` for a large fleet (restore blocks readiness). Prints the
 figures; asserts nothing. Runs in a temporary directory.
 """

@@ -12,6 +12,10 @@ Why it looks the way it does:
   runs SQL in its own thread, so :func:`prepare` turns effects into plain tuples
   synchronously, and ``write()`` does that at call time, before it returns an awaitable.
   SQLite's thread never sees one of our objects.
+- **One daemon per database.** ``open`` takes an exclusive lock on ``PATH.lock`` (not on
+  the database file: closing any descriptor of it would drop SQLite's own locks), so a
+  second daemon started on the same store by mistake is refused with a StoreError
+  instead of writing beside the first. The kernel releases it when the process dies.
 - **Readers never wait for the writer.** WAL mode and a second, read-only connection
   serve the HTTP API from the last committed state while a write is in progress.
 - **Plain SQL.** Migrations are numbered files (``migrations/NNNN_name.sql``) recorded in
@@ -27,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import fcntl
 import gc
 import json
 import re
@@ -52,11 +57,12 @@ from fleetwatch.core.model import (
     IncidentWrite,
     SettlementWrite,
     TerminalRecord,
+    TerminalWrite,
     TxnRecord,
     TxnWrite,
     group_json,
 )
-from fleetwatch.errors import StoreError
+from fleetwatch.errors import BadRequest, StoreError
 
 __all__ = [
     "INCIDENT_STATUS_FILTERS",
@@ -242,6 +248,8 @@ class PreparedWrite:
                 self.settlements.append(_settlement_values(effect))
             elif isinstance(effect, DeadLetter):
                 self.dead_letters.append(_dead_letter_row(effect))
+            elif isinstance(effect, TerminalWrite):
+                self.terminals.append(_terminal_values(effect.record))
             else:
                 assert_never(effect)
         self.terminals.extend(map(_terminal_values, terminals))
@@ -324,14 +332,14 @@ def _encode_cursor(payload: dict[str, Any]) -> str:
 
 
 def _decode_cursor(cursor: str) -> dict[str, Any]:
-    """Opaque to clients; anything we did not produce is a ValueError (HTTP 400)."""
+    """Opaque to clients; anything we did not produce is a BadRequest (HTTP 400)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         payload = json.loads(raw)
     except ValueError as exc:  # binascii.Error, JSONDecodeError, UnicodeDecodeError, non-ASCII
-        raise ValueError("invalid cursor") from exc
+        raise BadRequest("invalid cursor") from exc
     if not isinstance(payload, dict):
-        raise ValueError("invalid cursor")
+        raise BadRequest("invalid cursor")
     return payload
 
 
@@ -348,7 +356,7 @@ def _decode_incident_cursor(cursor: str) -> tuple[float, str]:
         or not isinstance(incident_id, str)
         or set(payload) != {"o", "i"}
     ):
-        raise ValueError("invalid cursor")
+        raise BadRequest("invalid cursor")
     return float(opened_at), incident_id
 
 
@@ -356,13 +364,13 @@ def _decode_terminal_cursor(cursor: str) -> str:
     payload = _decode_cursor(cursor)
     terminal_id = payload.get("t")
     if not isinstance(terminal_id, str) or set(payload) != {"t"}:
-        raise ValueError("invalid cursor")
+        raise BadRequest("invalid cursor")
     return terminal_id
 
 
 def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
 
 
 # ---- migrations ---------------------------------------------------------------------
@@ -478,6 +486,20 @@ def _prepare_location(path: str) -> str:
     return file.resolve().as_uri() + "?mode=ro"
 
 
+def _lock_instance(path: str) -> Any:
+    """Hold ``PATH.lock`` exclusively for as long as the returned file is open."""
+    lock = open(f"{path}.lock", "a+b")  # noqa: SIM115 - held open for the store's lifetime
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock.close()
+        raise StoreError(f"store {path} is in use by another fleetwatch process (it holds {path}.lock)") from exc
+    except OSError:
+        lock.close()
+        raise
+    return lock
+
+
 async def _open_reader(uri: str) -> Any:
     """A read-only connection: the API can never write, even by mistake."""
     conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
@@ -499,7 +521,7 @@ class SqliteStore:
     ``list_*``/``get_*`` methods serve the HTTP API from committed data.
     """
 
-    def __init__(self, writer: Any, reader: Any, path: str, dead_letters_kept: int) -> None:
+    def __init__(self, writer: Any, reader: Any, path: str, dead_letters_kept: int, lock: Any = None) -> None:
         """Use :meth:`open`."""
         self._writer: Any = writer
         self._reader: Any = reader
@@ -507,6 +529,7 @@ class SqliteStore:
         self._dead_letters_kept = dead_letters_kept
         self._write_lock = asyncio.Lock()
         self._closed = False
+        self._instance_lock: Any = lock
 
     @classmethod
     async def open(cls, path: str, *, dead_letters_kept: int = 1000) -> SqliteStore:
@@ -519,18 +542,26 @@ class SqliteStore:
             raise ValueError("dead_letters_kept must be >= 0")
         try:
             reader_uri = await asyncio.to_thread(_prepare_location, path)
-            writer = await _open_writer(path)
-        except (sqlite3.Error, OSError) as exc:
+            lock = _lock_instance(path)
+        except OSError as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
+        try:
+            writer = await _open_writer(path)
+        except BaseException as exc:
+            lock.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+            raise
         try:
             await _migrate(writer, path)
             reader = await _open_reader(reader_uri)
         except BaseException as exc:
             await writer.close()
+            lock.close()
             if isinstance(exc, sqlite3.Error | OSError):
                 raise StoreError(f"cannot open store {path}: {exc}") from exc
             raise
-        return cls(writer, reader, path, dead_letters_kept)
+        return cls(writer, reader, path, dead_letters_kept, lock)
 
     async def close(self) -> None:
         """Close both connections (waits for a write in progress); idempotent."""
@@ -542,6 +573,8 @@ class SqliteStore:
                 await self._reader.close()
             finally:
                 await self._writer.close()
+                if self._instance_lock is not None:
+                    self._instance_lock.close()
 
     @property
     def path(self) -> str:
@@ -687,7 +720,7 @@ class SqliteStore:
         """One page of incidents, newest first by (opened_at, id), and the next page's cursor.
 
         ``status``: open (includes acknowledged) | acknowledged | resolved | all. Keyset
-        pagination: a page is stable under inserts of newer incidents. ValueError for an
+        pagination: a page is stable under inserts of newer incidents. BadRequest for an
         unknown status, a limit outside 1..MAX_PAGE or a cursor we did not issue.
         """
         _check_limit(limit)
@@ -800,4 +833,4 @@ def _status_filter(status: str) -> tuple[list[str], list[Any]]:
         return ["status = ?"], [status]
     if status == "all":
         return [], []
-    raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUS_FILTERS)}")
+    raise BadRequest(f"status must be one of {', '.join(INCIDENT_STATUS_FILTERS)}")

@@ -24,7 +24,7 @@ from fleetwatch.mqtt5 import (
     ServerDisconnected,
 )
 from fleetwatch.sim.client import WireClient
-from tests.e2e.test_tls_auth import make_pki
+from tests.pki import make_pki
 from tests.services import Broker, free_port, mosquitto_binary, wait_port
 
 pytestmark = pytest.mark.broker
