@@ -101,6 +101,14 @@ def calendar_of(settings: Settings) -> Calendar:
     return Calendar(settings.detect.day_s, settings.detect.zone)
 
 
+def terminal_groups(engine: Engine, terminal_id: str) -> dict[str, str | None]:
+    """A terminal's group attributes, for its alerts' labels (Alertmanager's inhibition by group)."""
+    rec = engine.terminal(terminal_id)
+    if rec is None:
+        return {}
+    return {"model": rec.model, "fw": rec.fw, "net_type": rec.net_type}
+
+
 def bind_listener(host_port: tuple[str, int], setting: str, listen: str) -> socket.socket:
     """Bind an address now (uvicorn serves on it later): a busy or foreign address is a ListenError."""
     host, port = host_port
@@ -202,7 +210,9 @@ async def _run_with_store(
         app.include_router(pages)
     await _start_terminal_notices(settings, store, engine, pipeline, source=source, metrics=metrics,
                                   catalogues=catalogues, members=members)
-    notifier = AlertmanagerNotifier(settings.notify, open_incidents) if settings.notify.alertmanager_url else None
+    notifier = AlertmanagerNotifier(
+        settings.notify, open_incidents, terminal_groups=lambda tid: terminal_groups(engine, tid),
+    ) if settings.notify.alertmanager_url else None
     if notifier is not None:
         pipeline.add_commit_listener(notifier.on_commit)
 

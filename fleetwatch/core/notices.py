@@ -14,7 +14,7 @@ The rules, each a table or a small function below:
   ancestor that still suppresses it (:func:`notice_root`); a chain of ``previous_id``
   (reopened after a manual resolve) is one notice.
 - **Who is affected by an upstream**: the terminals it is built on (kept by the engine
-  and persisted, see ``core/membership.py``), so a shop whose terminal only got rc 91 and
+  and persisted, see ``core/upstreams.py``), so a shop whose terminal only got rc 91 and
   has no incident of its own still gets the upstream notice.
 - **What is shown**: open and acknowledged incidents as current; resolved ones for
   ``recent_s`` after they resolved; never those resolved because the acquirer suspended

@@ -244,7 +244,7 @@ def test_terminals_with_only_host_codes_are_members_of_the_outage() -> None:
     incidents = {e.incident.id: e.incident for e in effects if isinstance(e, IncidentWrite)}
     [outage] = [i for i in incidents.values() if i.kind == "host_outage"]
     assert [i for i in incidents.values() if i.scope == "terminal"] == []
-    assert engine.upstream_members(outage.id) == {f"T{i:03d}" for i in range(30)}
+    assert engine.upstream_terminals(outage.id) == {f"T{i:03d}" for i in range(30)}
     members: dict[str, set[str]] = {}
     for e in effects:
         if isinstance(e, UpstreamMembersWrite):
