@@ -217,6 +217,13 @@ class DetectSettings(_Section):
     and ignores time zones (tests and demos)."""
     timezone: str = "Asia/Shanghai"
     """IANA zone merchants' times are shown in (until a merchant has its own hours)."""
+    hours_learn_days: int = Field(default=7, ge=1, le=16)
+    """Watched days of a slot of the day before a merchant's usual closed hours are learned from
+    it (a slot silent on most of them is closed). At most 16: a merchant's learning is then
+    at most 64 bytes."""
+    hours_grace_intervals: float = Field(default=30, ge=0)
+    """A terminal silent since closing time that is still silent this long after its shop's
+    usual opening opens network offline."""
 
     @field_validator("timezone")
     @classmethod

@@ -9,7 +9,8 @@
         ├── BadRequest       a malformed query (an invalid cursor)                 (HTTP 400)
         ├── NotFound         what the request names does not exist                 (HTTP 404)
         │   ├── UnknownIncident
-        │   └── UnknownTerminal
+        │   ├── UnknownTerminal
+        │   └── UnknownMerchant
         └── Conflict         the action does not fit the current state             (HTTP 409)
             └── IncidentNotOpen
 
@@ -70,6 +71,12 @@ class UnknownIncident(NotFound):
 
 class UnknownTerminal(NotFound):
     what = "terminal"
+
+
+class UnknownMerchant(NotFound):
+    """A merchant no terminal the daemon knows belongs to."""
+
+    what = "merchant"
 
 
 class Conflict(RequestError):

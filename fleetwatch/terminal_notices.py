@@ -50,14 +50,17 @@ class TerminalNotices:
             self.publish(update, now)
 
     def publish(self, update: ScreenUpdate, now: float) -> None:
-        text = json.dumps(update.payload(int(now * 1000)), ensure_ascii=False, separators=(",", ":"))
+        """Publish one screen (retained); a closed terminal's is cleared (zero-length retained)."""
+        text = None if update.clear else json.dumps(update.payload(int(now * 1000)), ensure_ascii=False,
+                                                    separators=(",", ":"))
         tid, mid = update.terminal_id, update.merchant_id
 
         def acked() -> None:
             self._on_acked()
             self._submit([TerminalNoticeWrite(tid, mid, text, self._clock())])
 
-        self._publisher.publish(notice_topic(self._prefix, tid), text.encode(), on_acked=acked)
+        self._publisher.publish(notice_topic(self._prefix, tid), b"" if text is None else text.encode(),
+                                on_acked=acked)
         self._on_published()
 
 

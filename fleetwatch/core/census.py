@@ -11,6 +11,12 @@ counter steps, and a read is a dictionary lookup.
 
 The correlation groups of a terminal are its *labels* (:func:`group_labels`): the fleet,
 its model, its model and firmware, its link type. A group incident names one of them.
+
+What the census is told for each terminal is its *counted state*: its liveness (online,
+offline, shutdown, closed_hours), ``suspended`` while the acquirer has suspended it, or
+None while it is closed (a closed terminal has left the fleet: it counts nowhere). Only
+online terminals are in the group denominators; only online and offline ones (the
+terminals a shop is trading with now) in the merchant's size.
 """
 
 from __future__ import annotations
@@ -24,7 +30,9 @@ from fleetwatch.core.model import group_json
 FLEET: Final = "fleet"
 """The label every terminal has."""
 ONLINE: Final = "online"
-SHUTDOWN: Final = "shutdown"
+PRESENT: Final = frozenset({"online", "offline"})
+"""Counted states in which a terminal counts toward its merchant's size: not shut down, not
+closed for the night, not suspended or closed by the acquirer."""
 
 _LABELS: dict[tuple[str | None, str | None, str | None], tuple[str, ...]] = {}
 
@@ -57,9 +65,12 @@ class FleetCensus:
 
     - ``active(label)``: online terminals with that label (the share's denominator for
       host errors and offline waves);
-    - ``merchant_size(merchant)``: the merchant's terminals that are not shut down (a
-      shop that switched one terminal off cleanly has one terminal fewer to judge);
+    - ``merchant_size(merchant)``: the merchant's terminals that are online or offline (a
+      shop that switched one terminal off cleanly, or whose terminal the acquirer closed,
+      has one terminal fewer to judge);
     - ``tally``: terminals per (state, model) for ``fleetwatch_terminals``.
+
+    A state of None (a closed terminal) counts nowhere.
     """
 
     __slots__ = ("_active", "_merchants", "tally")
@@ -76,18 +87,16 @@ class FleetCensus:
         return self._active.get(label, 0)
 
     def merchant_size(self, merchant_id: str) -> int:
-        """The merchant's terminals that are not shut down."""
+        """The merchant's terminals that are online or offline."""
         return self._merchants.get(merchant_id, 0)
 
     # ---- what the engine tells it ------------------------------------------------------
 
-    def joined(self, state: str, model: str | None, labels: tuple[str, ...], merchant_id: str | None) -> None:
+    def joined(self, state: str | None, model: str | None, labels: tuple[str, ...], merchant_id: str | None) -> None:
         """A terminal appeared (first message, or loaded at start) in ``state``."""
-        self.tally[(state, model)] += 1
+        self.joined_quietly(state, model, merchant_id)
         if state == ONLINE:
             self._active.update(labels)
-        if state != SHUTDOWN and merchant_id is not None:
-            self._merchants[merchant_id] += 1
 
     def joined_online_in_bulk(self, kits: Iterable[tuple[tuple[str, ...], int]]) -> None:
         """Online group counts for many terminals at once: ``(labels, how many)`` per kit.
@@ -99,43 +108,50 @@ class FleetCensus:
             for label in labels:
                 self._active[label] += n
 
-    def joined_quietly(self, state: str, model: str | None, merchant_id: str | None) -> None:
+    def joined_quietly(self, state: str | None, model: str | None, merchant_id: str | None) -> None:
         """:meth:`joined` without the group counts (given by :meth:`joined_online_in_bulk`)."""
+        if state is None:
+            return
         self.tally[(state, model)] += 1
-        if state != SHUTDOWN and merchant_id is not None:
+        if state in PRESENT and merchant_id is not None:
             self._merchants[merchant_id] += 1
 
     def state_changed(
-        self, old: str, new: str, model: str | None, labels: tuple[str, ...], merchant_id: str | None,
+        self, old: str | None, new: str | None, model: str | None, labels: tuple[str, ...], merchant_id: str | None,
     ) -> None:
-        """A terminal went from ``old`` to ``new`` (online, offline, shutdown)."""
+        """A terminal's counted state went from ``old`` to ``new``."""
         if old == new:
             return
-        self.tally[(old, model)] -= 1
-        self.tally[(new, model)] += 1
+        if old is not None:
+            self.tally[(old, model)] -= 1
+        if new is not None:
+            self.tally[(new, model)] += 1
         if old == ONLINE:
             self._active.subtract(labels)
         elif new == ONLINE:
             self._active.update(labels)
         if merchant_id is not None:
-            if old == SHUTDOWN:
-                self._merchants[merchant_id] += 1
-            elif new == SHUTDOWN:
+            was, now = old in PRESENT, new in PRESENT
+            if was and not now:
                 self._merchants[merchant_id] -= 1
+            elif now and not was:
+                self._merchants[merchant_id] += 1
 
-    def merchant_changed(self, state: str, old: str | None, new: str) -> None:
-        """A terminal now reports another merchant."""
-        if state == SHUTDOWN:
+    def merchant_changed(self, state: str | None, old: str | None, new: str) -> None:
+        """A terminal now reports another merchant: both merchants' sizes are recounted."""
+        if state not in PRESENT:
             return
         if old is not None:
             self._merchants[old] -= 1
         self._merchants[new] += 1
 
     def regrouped(
-        self, state: str, old_model: str | None, old_labels: tuple[str, ...],
+        self, state: str | None, old_model: str | None, old_labels: tuple[str, ...],
         new_model: str | None, new_labels: tuple[str, ...],
     ) -> None:
         """A terminal's model, firmware or link type changed: it moves between groups."""
+        if state is None:
+            return
         if state == ONLINE:
             self._active.subtract(old_labels)
             self._active.update(new_labels)

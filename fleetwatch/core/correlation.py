@@ -30,7 +30,9 @@ Merchant parents come from the open incidents themselves: when at least
 ``merchant_min_terminals`` and ``merchant_min_share`` of a merchant's terminals have the
 same kind open in one cause family (and no other parent holds them), one merchant
 incident carries them. For ``settlement_gap``, gaps on two or more terminals of a
-merchant get one merchant incident whose evidence sums the money per currency.
+merchant get one merchant incident whose evidence sums the money per currency. The
+acquirer's decisions (``config`` ``suspended``/``closed``) are records of one terminal
+each and never get a merchant parent.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from fleetwatch.core.adoption import cause_family, explains, explains_cause
 from fleetwatch.core.census import FLEET, FleetCensus, group_labels, label_of_group
 from fleetwatch.core.incidents import IncidentBook
 from fleetwatch.core.model import (
+    ACQUIRER_DECISIONS,
     CAUSES,
     SEVERITY_RANK,
     Clear,
@@ -163,6 +166,18 @@ class Correlator:
         """A terminal spoke again: it no longer counts toward an offline wave."""
         self.offline.remove(tid)
         self.upstreams.saw_back(tid)
+
+    def forget_terminal(self, tid: str) -> None:
+        """The acquirer suspended or closed the terminal: its failures feed no upstream now."""
+        for ws in (self.host, self.host_recent, self.offline):
+            ws.remove(tid)
+        self.upstreams.saw_back(tid)
+
+    def rejudge(self, merchant_id: str, kind: str) -> None:
+        """Judge this merchant's parent of ``kind`` again at the next :meth:`judge_merchants`
+        (a terminal left the merchant)."""
+        if kind in self._merchant_kinds:
+            self._dirty.add((merchant_id, kind))
 
     # ---- adoption of a new incident ---------------------------------------------------
 
@@ -401,7 +416,8 @@ class Correlator:
         mkey = incident_key("merchant", kind, merchant_id=merchant)  # type: ignore[arg-type]
         parent = book.open_at(mkey)
         incs = [i for k in book.terminal_keys(merchant, kind) if (i := book.open_at(k)) is not None]
-        free = [i for i in incs if i.clearing_since is None and self._counts_for_merchant(i, parent)]
+        free = [i for i in incs if i.clearing_since is None and (i.kind, i.cause) not in ACQUIRER_DECISIONS
+                and self._counts_for_merchant(i, parent)]
         failing = self._one_family(kind, free, parent)
         terminals = {i.terminal_id for i in failing}
         if kind == "settlement_gap":

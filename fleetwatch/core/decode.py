@@ -29,9 +29,11 @@ from fleetwatch.core.messages import (
     BatchClose,
     Envelope,
     Heartbeat,
-    Message,
+    Payload,
     Settlement,
     StateMsg,
+    StatusCleared,
+    TerminalStatus,
     TxnResult,
     invalid_field,
     is_id,
@@ -43,9 +45,9 @@ EXCERPT_CHARS: Final = 256
 _TERM_LEAVES: Final[dict[str, MessageType]] = {
     "heartbeat": "heartbeat", "txn": "txn", "batch": "batch", "state": "state",
 }
-_TYPES: Final[dict[MessageType, type[Message]]] = {
+_TYPES: Final[dict[MessageType, type[Payload]]] = {
     "heartbeat": Heartbeat, "txn": TxnResult, "batch": BatchClose, "state": StateMsg,
-    "settlement": Settlement,
+    "settlement": Settlement, "status": TerminalStatus,
 }
 _PAN_DETAIL: Final = "a string value holds a card number candidate; payload discarded"
 
@@ -112,15 +114,17 @@ class Decoder:
     per message type), so one instance serves the whole daemon.
     """
 
-    __slots__ = ("_decoders", "_max_bytes", "_settlement_topic", "_term_prefix", "_term_prefix_len")
+    __slots__ = ("_decoders", "_max_bytes", "_settlement_topic", "_status_prefix", "_term_prefix",
+                 "_term_prefix_len")
 
     def __init__(self, prefix: str, max_bytes: int = 8192) -> None:
         prefix = prefix.rstrip("/")
         self._term_prefix = f"{prefix}/term/"
         self._term_prefix_len = len(self._term_prefix)
         self._settlement_topic = f"{prefix}/host/settlement"
+        self._status_prefix = f"{prefix}/host/terminal/"
         self._max_bytes = max_bytes
-        self._decoders: dict[MessageType, msgspec.json.Decoder[Message]] = {
+        self._decoders: dict[MessageType, msgspec.json.Decoder[Payload]] = {
             kind: msgspec.json.Decoder(cls) for kind, cls in _TYPES.items()
         }
 
@@ -134,12 +138,21 @@ class Decoder:
         if topic == self._settlement_topic:
             return "settlement", None
         if not topic.startswith(self._term_prefix):
-            return None
+            return self._status_route(topic)
         terminal_id, _, leaf = topic[self._term_prefix_len :].partition("/")
         kind = _TERM_LEAVES.get(leaf)
         if kind is None or not is_id(terminal_id):
             return None
         return kind, terminal_id
+
+    def _status_route(self, topic: str) -> tuple[MessageType, str | None] | None:
+        """``{prefix}/host/terminal/{id}/status``: the acquirer's word on one terminal (§7)."""
+        if not topic.startswith(self._status_prefix):
+            return None
+        terminal_id, _, leaf = topic[len(self._status_prefix):].partition("/")
+        if leaf != "status" or not is_id(terminal_id):
+            return None
+        return "status", terminal_id
 
     def decode(self, topic: str, payload: bytes, received_at: float, retained: bool) -> Envelope | Rejection:
         """Accept the message as an :class:`Envelope` or say why not; never raises."""
@@ -147,6 +160,9 @@ class Decoder:
         if route is None:
             return Rejection("topic", "not a fleetwatch topic", excerpt(topic), None, excerpt(payload))
         kind, terminal_id = route
+        if kind == "status" and not payload and terminal_id is not None:
+            # A zero-length retained publish clears the acquirer's status (back to active).
+            return Envelope(kind=kind, msg=StatusCleared(terminal_id), received_at=received_at, retained=retained)
         if len(payload) > self._max_bytes:
             detail = f"payload of {len(payload)} bytes exceeds the {self._max_bytes}-byte limit"
             return Rejection("too_large", detail, topic, terminal_id, excerpt(payload))

@@ -22,6 +22,13 @@ Liveness is the receive time of any non-retained message from the terminal. A
 retained State is history: it never proves liveness and never opens anything. After
 :meth:`Engine.restore`, silence is not judged until ``offline_after_missed`` intervals
 have passed (the daemon itself was away).
+
+Two things explain a silence before it becomes an outage (:meth:`Engine._silent`): the
+acquirer's decision (a suspended or closed terminal, :mod:`fleetwatch.core.acquirer`:
+nothing opens, nothing feeds an upstream) and the shop's hours
+(:mod:`fleetwatch.core.hours`: a silence from closing time makes the terminal
+``closed_hours`` until the usual opening plus ``hours_grace_intervals``). Every message
+that proves liveness also tells the hours book that the merchant is there.
 """
 
 from __future__ import annotations
@@ -30,42 +37,69 @@ import heapq
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import replace
 
 from fleetwatch.config import DetectSettings, SettlementSettings
+from fleetwatch.core.acquirer import ACTIVE, CLOSED, SUSPENDED, AcquirerStatuses, decision_finding
 from fleetwatch.core.attribution import HOST_SIDE, Attributor
+from fleetwatch.core.calendar import Calendar
 from fleetwatch.core.census import FLEET, FleetCensus, group_labels
 from fleetwatch.core.correlation import Correlator
+from fleetwatch.core.hours import OperatingHours, WeeklyHours
 from fleetwatch.core.incidents import IncidentBook
-from fleetwatch.core.messages import BatchClose, Envelope, Heartbeat, Settlement, StateMsg, TxnResult
+from fleetwatch.core.messages import (
+    BatchClose,
+    Envelope,
+    Heartbeat,
+    Settlement,
+    StateMsg,
+    StatusCleared,
+    TerminalStatus,
+    TxnResult,
+)
 from fleetwatch.core.model import (
+    AcquirerStatus,
+    AcquirerStatusWrite,
     BatchRecord,
+    Clear,
     Effect,
     Finding,
     Incident,
+    MerchantHoursRecord,
+    MerchantHoursWrite,
     Signal,
     TerminalRecord,
     TerminalWrite,
     TxnWrite,
     UpstreamMembersWrite,
+    decision_key,
 )
 from fleetwatch.core.rates import FleetRates
 from fleetwatch.core.rules import (
     COND_BITS,
     HEARTBEAT_RULES,
+    HEARTBEAT_RULES_SUSPENDED,
     KIND_MASK,
     OFFLINE_BIT,
     RATE_BITS,
+    RULE_KINDS,
+    SUSPENDED_KINDS,
     TXN_RULES,
+    TXN_RULES_CLOSED,
+    TXN_RULES_SUSPENDED,
     Ctx,
     came_back,
+    forget_conditions,
     rates_due,
     resume_rate,
     run_rules,
+    terminal_key,
     went_offline,
 )
 from fleetwatch.core.settlement import SettlementBook
 from fleetwatch.core.snapshot import FleetSnapshot, bound_models, freeze, incident_counts
 from fleetwatch.core.state import (
+    CLOSED_HOURS,
     OFFLINE,
     ONLINE,
     SHUTDOWN,
@@ -77,9 +111,12 @@ from fleetwatch.core.state import (
     to_record,
 )
 from fleetwatch.core.upstreams import HOST_ERRORS
-from fleetwatch.errors import IncidentNotOpen
+from fleetwatch.errors import IncidentNotOpen, UnknownMerchant
 
 MAINTENANCE = "maintenance"
+HOURS_PRESENCE_INTERVALS = 1.5
+"""A merchant counts as present this long after each message, for learning its hours (a beat
+that comes a little late is not silence)."""
 
 
 def _uuid_hex() -> str:
@@ -115,6 +152,15 @@ class Engine:
         self._ctx = Ctx(detect, self._rates)
         self._recent: dict[tuple[str, str], None] = {}
         self._maint: dict[str, float] = {}
+        self._grace = detect.intervals(detect.hours_grace_intervals)
+        self._statuses = AcquirerStatuses()
+        self._hours = OperatingHours(
+            Calendar(detect.day_s, detect.zone), learn_days=detect.hours_learn_days,
+            cover_s=detect.intervals(HOURS_PRESENCE_INTERVALS), default_timezone=detect.timezone,
+        )
+        self._deferred: list[Effect] = []
+        """Effects decided inside a step that returns others (a terminal that appears with a
+        status waiting for it, one that moved to another merchant): handed out with them."""
 
     # ---- start ----------------------------------------------------------------------------
 
@@ -122,11 +168,15 @@ class Engine:
         self, terminals: Iterable[TerminalRecord], incidents: Iterable[Incident],
         batches: Iterable[BatchRecord], recent_txn_keys: Iterable[tuple[str, str]], now: float,
         *, upstream_members: Mapping[str, Iterable[tuple[str, str | None]]] | None = None,
+        statuses: Iterable[AcquirerStatus] = (), hours: Iterable[MerchantHoursRecord] = (),
     ) -> None:
         """Resume from the store: terminals, open incidents, open batches, recent txn ids,
-        and the terminals each open upstream is built on."""
+        the terminals each open upstream is built on, the acquirer's statuses (applied and
+        waiting) and the merchants' hours."""
         self._started_at = now
         self._judge_from = now + self._offline_after
+        self._statuses.restore(statuses)
+        self._hours.restore(hours, now)
         online_groups: Counter[tuple[str, ...]] = Counter()
         for rec in terminals:
             st = from_record(rec, self._intern)
@@ -142,7 +192,7 @@ class Engine:
                     continue
                 bit = COND_BITS.get((inc.kind, inc.cause))
                 if bit is not None:
-                    st = self._terms.get(inc.terminal_id) or self._create(inc.terminal_id, inc.merchant_id)
+                    st = self._terms.get(inc.terminal_id) or self._create(inc.terminal_id, inc.merchant_id, now)
                     st.conds |= bit
                     if bit & RATE_BITS:
                         heapq.heappush(self._wakes, (resume_rate(st, bit, now, self._cfg), st.terminal_id))
@@ -160,8 +210,12 @@ class Engine:
     def _adopt(self, st: TerminalState, online_groups: Counter[tuple[str, ...]]) -> None:
         """Index a restored terminal and queue its silence deadline."""
         self._terms[st.terminal_id] = st
-        self._census.joined_quietly(st.state, st.model, st.merchant_id)
-        if st.state == ONLINE:
+        status = self._statuses.get(st.terminal_id)
+        if status is not None and status.status != ACTIVE:
+            st.acq = status.status
+        label = _counted(st)
+        self._census.joined_quietly(label, st.model, st.merchant_id)
+        if label == ONLINE:
             online_groups[group_labels(st.model, st.fw, st.net_type)] += 1
         if st.maintenance_until is not None:
             self._maint[st.terminal_id] = st.maintenance_until
@@ -172,11 +226,16 @@ class Engine:
             st.sched = due
             self._silence.append((due, st.terminal_id))
 
-    def _create(self, terminal_id: str, merchant_id: str | None) -> TerminalState:
+    def _create(self, terminal_id: str, merchant_id: str | None, now: float) -> TerminalState:
         st = TerminalState(terminal_id)
         st.merchant_id = self._intern(merchant_id)
         self._terms[terminal_id] = st
-        self._census.joined(ONLINE, None, group_labels(None, None, None), st.merchant_id)
+        status = self._statuses.get(terminal_id)
+        if status is not None and status.status != ACTIVE:
+            st.acq = status.status  # the acquirer spoke of it before it appeared (CONTRACT §7)
+            self._deferred.append(AcquirerStatusWrite(replace(status), st.merchant_id))
+            self._deferred.extend(self._signals([self._decision(st, status, now)], now))
+        self._census.joined(_counted(st), None, group_labels(None, None, None), st.merchant_id)
         return st
 
     def _labels_of(self, terminal_id: str) -> tuple[str, ...]:
@@ -189,29 +248,38 @@ class Engine:
     def apply(self, env: Envelope) -> list[Effect]:
         """Decide on one accepted message; ``env.received_at`` is now."""
         msg = env.msg
+        out: list[Effect]
         if isinstance(msg, Heartbeat):
-            return self._heartbeat(msg, env.received_at)
-        if isinstance(msg, TxnResult):
-            return self._txn(msg, env.received_at)
-        if isinstance(msg, StateMsg):
-            return self._state_msg(msg, env.received_at, env.retained)
-        if isinstance(msg, BatchClose):
-            return self._batch(msg, env.received_at)
-        if isinstance(msg, Settlement):
-            return self._settlement(msg, env.received_at)
-        return []
+            out = self._heartbeat(msg, env.received_at)
+        elif isinstance(msg, TxnResult):
+            out = self._txn(msg, env.received_at)
+        elif isinstance(msg, StateMsg):
+            out = self._state_msg(msg, env.received_at, env.retained)
+        elif isinstance(msg, BatchClose):
+            out = self._batch(msg, env.received_at)
+        elif isinstance(msg, Settlement):
+            out = self._settlement(msg, env.received_at)
+        elif isinstance(msg, TerminalStatus | StatusCleared):
+            out = self._acquirer_status(msg, env.received_at)
+        else:
+            out = []
+        return self._with_deferred(out) if self._deferred else out
+
+    def _with_deferred(self, out: list[Effect]) -> list[Effect]:
+        deferred, self._deferred = self._deferred, []
+        return [*deferred, *out]
 
     def _heartbeat(self, hb: Heartbeat, now: float) -> list[Effect]:
         st = self._terms.get(hb.terminal_id)
         if st is None:
-            st = self._create(hb.terminal_id, hb.merchant_id)
+            st = self._create(hb.terminal_id, hb.merchant_id, now)
         ctx = self._ctx.reset(st, hb, now)
         back = self._alive(st, now)
         order = classify_heartbeat(st, hb, self._interval)
         if order is Order.OUT_OF_ORDER:
             return self._signals(back, now) if back else []
         serial_changed = self._absorb(st, hb, now, order)
-        sigs = run_rules(ctx, HEARTBEAT_RULES)
+        sigs = run_rules(ctx, HEARTBEAT_RULES if st.acq is None else _HEARTBEAT_RULES_BY_STATUS[st.acq])
         money = self._settle.on_heartbeat(hb, now, serial_changed=serial_changed)
         if back or sigs or money:
             return self._signals([*back, *sigs, *money], now)
@@ -228,7 +296,7 @@ class Engine:
         if hb.uptime_s is not None:
             st.uptime_s = hb.uptime_s
         if hb.merchant_id != st.merchant_id:
-            self._set_merchant(st, hb.merchant_id)
+            self._set_merchant(st, hb.merchant_id, now)
         net = hb.net
         net_type = net.type if net is not None and net.type is not None else st.net_type
         model = hb.model if hb.model is not None else st.model
@@ -277,21 +345,23 @@ class Engine:
         self._remember_txn(key)
         st = self._terms.get(txn.terminal_id)
         if st is None:
-            st = self._create(txn.terminal_id, txn.merchant_id)
+            st = self._create(txn.terminal_id, txn.merchant_id, now)
         ctx = self._ctx.reset(st, txn, now)
         sigs: list[Signal] = list(self._alive(st, now))
         if txn.merchant_id != st.merchant_id:
-            self._set_merchant(st, txn.merchant_id)
+            self._set_merchant(st, txn.merchant_id, now)
         verdict = self._attr.attribute(txn)
         ctx.attribution = verdict
-        if verdict.blame in HOST_SIDE:
+        if verdict.blame in HOST_SIDE and st.acq is None:  # a suspended terminal's declines feed no upstream
             self._corr.record_host_failure(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
-        sigs.extend(run_rules(ctx, TXN_RULES))
+        sigs.extend(run_rules(ctx, TXN_RULES if st.acq is None else _TXN_RULES_BY_STATUS[st.acq]))
         if ctx.wake is not None:
             heapq.heappush(self._wakes, (ctx.wake, st.terminal_id))
         record, money = self._settle.on_txn(txn, now)
         out: list[Effect] = [TxnWrite(record)]
         sigs.extend(money)
+        if st.acq == CLOSED:
+            sigs.extend(self._closure_money(st, now))
         if sigs:
             out.extend(self._signals(sigs, now))
         return out
@@ -299,7 +369,7 @@ class Engine:
     def _state_msg(self, msg: StateMsg, now: float, retained: bool) -> list[Effect]:
         st = self._terms.get(msg.terminal_id)
         if st is None:
-            st = self._create(msg.terminal_id, None)
+            st = self._create(msg.terminal_id, None, now)
         if retained:
             self._retained_state(st, msg, now)
             return []
@@ -307,7 +377,7 @@ class Engine:
         if msg.state == "offline":  # the broker's Last Will: news, but not the terminal speaking
             if st.state != ONLINE:
                 return []
-            return self._signals(self._offline(st, now, "last_will"), now)
+            return self._signals(self._silent(st, now, "last_will"), now)
         sigs: list[Signal] = list(self._alive(st, now))
         if msg.state == "shutdown":
             self._set_state(st, SHUTDOWN, now)
@@ -333,24 +403,101 @@ class Engine:
     def _batch(self, b: BatchClose, now: float) -> list[Effect]:
         st = self._terms.get(b.terminal_id)
         if st is None:
-            st = self._create(b.terminal_id, b.merchant_id)
+            st = self._create(b.terminal_id, b.merchant_id, now)
         self._ctx.reset(st, b, now)
         sigs: list[Signal] = list(self._alive(st, now))
         sigs.extend(self._settle.on_batch(b, now))
+        if st.acq == CLOSED:
+            sigs.extend(self._closure_money(st, now))
         return self._signals(sigs, now) if sigs else []
 
     def _settlement(self, s: Settlement, now: float) -> list[Effect]:
         write, sigs = self._settle.on_settlement(s, now)
+        st = self._terms.get(s.terminal_id)
+        if st is not None and st.acq == CLOSED:
+            sigs = [*sigs, *self._closure_money(st, now)]
         out: list[Effect] = [write]
         if sigs:
             out.extend(self._signals(sigs, now))
         return out
 
+    # ---- the acquirer's decisions (CONTRACT §7) ----------------------------------------------
+
+    def _acquirer_status(self, msg: TerminalStatus | StatusCleared, now: float) -> list[Effect]:
+        """The acquirer's status of a terminal: retained or not, it is the current truth
+        (an older ``ts`` than the one applied is ignored). Kept for a terminal not seen yet."""
+        status = self._statuses.decide(msg, now)
+        if status is None:
+            return []
+        st = self._terms.get(msg.terminal_id)
+        out: list[Effect] = [AcquirerStatusWrite(replace(status), None if st is None else st.merchant_id)]
+        if st is not None:
+            out.extend(self._decide(st, status, now))
+        return out
+
+    def _decide(self, st: TerminalState, status: AcquirerStatus, now: float) -> list[Effect]:
+        """Apply a new status: what it ends resolves, its record opens, the census follows.
+
+        Suspended: the open network and config incidents resolve (``resolved_by``
+        ``suspended``); closed: every open incident but settlement gaps (``closed``); the
+        previous decision's record resolves (by the new status). Back to active, the
+        silence clock starts again now.
+        """
+        before, after = st.acq, (None if status.status == ACTIVE else status.status)
+        tid, book = st.terminal_id, self._book
+        if before == after:  # the same decision with a new reason or note: its record says so
+            return self._signals([self._decision(st, status, now)], now) if after is not None else []
+        out: list[Effect] = []
+        if before is not None:
+            out.extend(book.resolve_now(decision_key(tid), now, after or ACTIVE, record=True))
+        ended = SUSPENDED_KINDS if after == SUSPENDED else RULE_KINDS if after == CLOSED else ()
+        for kind in ended:
+            out.extend(book.resolve_now(terminal_key(tid, kind), now, status.status, record=True))
+        if ended:
+            forget_conditions(st, ended)
+            self._corr.forget_terminal(tid)
+        counted = _counted(st)
+        st.acq = after
+        self._census.state_changed(counted, _counted(st), st.model, group_labels(st.model, st.fw, st.net_type),
+                                   st.merchant_id)
+        if after is None:
+            st.watch_from = now  # silence is judged from now on, as for a terminal just seen
+            if st.state == OFFLINE:
+                self._set_state(st, ONLINE, now)
+            self._schedule(st)
+            out.extend(self._corr.judge_merchants(book.take_touched(), now))
+            return out
+        out.extend(self._signals([self._decision(st, status, now)], now))
+        if after == CLOSED:
+            out.extend(self._signals(self._closure_money(st, now), now))
+        return out
+
+    def _decision(self, st: TerminalState, status: AcquirerStatus, now: float) -> Finding:
+        money = self._settle.unsettled(st.terminal_id) if status.status == CLOSED else ()
+        return decision_finding(st.terminal_id, st.merchant_id, status, now, money)
+
+    def _closure_money(self, st: TerminalState, now: float) -> list[Signal]:
+        """A closed terminal's money moved: its closure record follows what is still to come,
+        and resolves (``resolved_by`` ``settled``) once all of it is settled."""
+        key = decision_key(st.terminal_id)
+        record = self._book.open_at(key)
+        status = self._statuses.get(st.terminal_id)
+        if record is None or record.cause != CLOSED or status is None:
+            return []
+        money = self._settle.unsettled(st.terminal_id)
+        if money:
+            return [decision_finding(st.terminal_id, st.merchant_id, status, now, money)]
+        return [Clear(key, now, immediate=True, evidence={
+            "resolved_by": "settled", "resolved_at": now, "unsettled": [], "unsettled_minor": {}})]
+
     # ---- liveness -------------------------------------------------------------------------
 
     def _alive(self, st: TerminalState, now: float) -> Sequence[Signal]:
-        """The terminal spoke (ctx must point at it): last seen, back online, deadline."""
+        """The terminal spoke (ctx must point at it): last seen, back online, deadline; and
+        its merchant is there (operating hours learn from it)."""
         st.last_seen = now
+        if st.merchant_id is not None:
+            self._hours.saw(st.merchant_id, now)
         if not st.dirty and (st.persisted_seen is None or now - st.persisted_seen >= self._fresh_after):
             self._mark(st)  # freshness only: written at most every persist_freshness_intervals
         back: Sequence[Signal] = ()
@@ -367,8 +514,12 @@ class Engine:
     def _due(self, st: TerminalState) -> float | None:
         """When this terminal's silence must next be judged (None: not judged now)."""
         seen = st.last_seen
+        if st.state == CLOSED_HOURS and seen is not None:
+            return max(self._after_hours_due(st, seen), self._judge_from)
         if st.state != ONLINE or seen is None:
             return None
+        if st.watch_from is not None and st.watch_from > seen:
+            seen = st.watch_from
         due = seen + self._offline_after
         fu = st.flap_until
         if fu is not None and seen + self._flap_after <= fu:
@@ -384,31 +535,82 @@ class Engine:
             st.sched = due
             heapq.heappush(self._silence, (due, st.terminal_id))
 
-    def _offline(self, st: TerminalState, now: float, reason: str) -> Sequence[Signal]:
+    def _silent(self, st: TerminalState, now: float, reason: str) -> Sequence[Signal]:
+        """The terminal fell silent (its deadline, or a live Last Will): offline, unless the
+        acquirer's decision or its shop's hours explain it.
+
+        Suspended or closed: offline quietly, nothing opens and no upstream counts it
+        (CONTRACT §7). At closing time (core/hours.py): ``closed_hours`` until the usual
+        opening plus ``hours_grace_intervals``, counted by no upstream either (§8).
+        """
+        if st.acq is not None:
+            self._set_state(st, OFFLINE, now)
+            return ()
+        seen = st.last_seen if st.last_seen is not None else now
+        opening = self._hours.closing(st.merchant_id, seen, now)
+        if opening is not None and opening + self._grace > now:
+            self._set_state(st, CLOSED_HOURS, now)
+            st.flap_until = None
+            self._schedule(st)
+            return ()
+        return self._offline(st, now, reason)
+
+    def _after_hours_due(self, st: TerminalState, seen: float) -> float:
+        """When a ``closed_hours`` terminal is overdue: its shop's usual opening plus the grace."""
+        opening = self._hours.closing(st.merchant_id, seen, st.state_at if st.state_at is not None else seen)
+        return seen + self._offline_after if opening is None else opening + self._grace
+
+    def _overdue(self, st: TerminalState, now: float) -> Sequence[Signal]:
+        """Still silent after the shop's usual opening and the grace: offline as usual."""
+        if st.acq is not None:
+            self._set_state(st, OFFLINE, now)
+            return ()
+        seen = st.last_seen if st.last_seen is not None else now
+        opening = self._hours.closing(st.merchant_id, seen, st.state_at if st.state_at is not None else seen)
+        return self._offline(st, now, "silence", {"closed_hours_until": opening})
+
+    def _offline(
+        self, st: TerminalState, now: float, reason: str, evidence: Mapping[str, object] | None = None,
+    ) -> Sequence[Signal]:
         """The terminal is offline now (silence, a flap, or a live Last Will)."""
         self._set_state(st, OFFLINE, now)
         self._mark(st)
         self._corr.record_offline(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
         ctx = self._ctx.reset(st, None, now)
-        return went_offline(ctx, reason, st.last_seen)
+        return went_offline(ctx, reason, st.last_seen, evidence)
 
     def _set_state(self, st: TerminalState, new: str, now: float) -> None:
         old = st.state
         if old == new:
             return
-        self._census.state_changed(old, new, st.model, group_labels(st.model, st.fw, st.net_type), st.merchant_id)
+        counted = _counted(st)
         st.state, st.state_at = new, now
+        self._census.state_changed(counted, _counted(st), st.model, group_labels(st.model, st.fw, st.net_type),
+                                   st.merchant_id)
         self._mark(st)
 
-    def _set_merchant(self, st: TerminalState, merchant_id: str) -> None:
-        self._census.merchant_changed(st.state, st.merchant_id, merchant_id)
+    def _set_merchant(self, st: TerminalState, merchant_id: str, now: float) -> None:
+        """The terminal now reports another merchant: it moves, with its open incidents
+        (settlement gaps stay with their batch's merchant); both merchants are recounted."""
+        old = st.merchant_id
+        self._census.merchant_changed(_counted(st), old, merchant_id)
         st.merchant_id = self._intern(merchant_id)
         self._mark(st)
+        if old is None:
+            return
+        tid = st.terminal_id
+        keys = [terminal_key(tid, kind) for kind in RULE_KINDS] + [decision_key(tid)]
+        moved = self._book.move_terminal(keys, merchant_id, now)
+        if moved:
+            for write in moved:
+                self._corr.rejudge(old, write.incident.kind)
+            self._deferred.extend(moved)
+            self._deferred.extend(self._corr.judge_merchants(self._book.take_touched(), now))
 
     def _regroup(self, st: TerminalState, model: str | None, fw: str | None, net_type: str | None) -> None:
         """Model, firmware or link type changed: move the terminal between groups."""
         new_model, new_fw, new_net = self._intern(model), self._intern(fw), self._intern(net_type)
-        self._census.regrouped(st.state, st.model, group_labels(st.model, st.fw, st.net_type),
+        self._census.regrouped(_counted(st), st.model, group_labels(st.model, st.fw, st.net_type),
                                new_model, group_labels(new_model, new_fw, new_net))
         st.model, st.fw, st.net_type = new_model, new_fw, new_net
         self._mark(st)
@@ -445,9 +647,12 @@ class Engine:
                 st.sched = real
                 heapq.heappush(heap, (real, tid))
                 continue
+            if st.state == CLOSED_HOURS:
+                sigs.extend(self._overdue(st, now))
+                continue
             seen = st.last_seen or 0.0
             flapping = st.flap_until is not None and seen + self._flap_after <= st.flap_until
-            sigs.extend(self._offline(st, now, "flap" if flapping else "silence"))
+            sigs.extend(self._silent(st, now, "flap" if flapping else "silence"))
         wakes = self._wakes
         again: list[tuple[float, str]] = []
         while wakes and wakes[0][0] <= now:
@@ -467,9 +672,10 @@ class Engine:
         out.extend(self._corr.tick(now))
         out.extend(self._corr.judge_merchants(self._book.take_touched(), now))
         out.extend(self._member_writes(now))
+        out.extend(MerchantHoursWrite(r) for r in self._hours.take_dirty())
         for tid in [t for t, until in self._maint.items() if until <= now]:
             del self._maint[tid]
-        return out
+        return self._with_deferred(out) if self._deferred else out
 
     def _signals(self, sigs: Iterable[Signal], now: float) -> list[Effect]:
         """Findings and clears into the book (a new incident with the parent that explains
@@ -524,7 +730,7 @@ class Engine:
         to be committed (a restart right after the API call keeps the window)."""
         st = self._terms.get(terminal_id)
         if st is None:
-            st = self._create(terminal_id, None)
+            st = self._create(terminal_id, None, now)
         st.maintenance_until = until
         if until is not None and until > now:
             self._maint[terminal_id] = until
@@ -533,7 +739,45 @@ class Engine:
         self._mark(st)
         if st.sched is None:
             self._schedule(st)
-        return [TerminalWrite(to_record(st))]
+        return [*self._with_deferred([]), TerminalWrite(to_record(st))] if self._deferred \
+            else [TerminalWrite(to_record(st))]
+
+    def set_merchant_maintenance(self, merchant_id: str, until: float | None, now: float) -> list[Effect]:
+        """Every terminal of the merchant in maintenance until ``until`` (None ends it).
+
+        UnknownMerchant when no terminal the daemon knows belongs to it. Looks at every
+        terminal once (an operator's action, not a message's)."""
+        tids = sorted(t for t, st in self._terms.items() if st.merchant_id == merchant_id)
+        if not tids:
+            raise UnknownMerchant(merchant_id)
+        out: list[Effect] = []
+        for tid in tids:
+            out.extend(self.set_maintenance(tid, until, now))
+        return out
+
+    def merchant_terminals(self, merchant_id: str) -> list[TerminalRecord]:
+        """The merchant's terminals as the engine knows them now (terminal_id order)."""
+        return [to_record(st) for _, st in sorted(self._terms.items()) if st.merchant_id == merchant_id]
+
+    # ---- operating hours (CONTRACT §8) ----------------------------------------------------
+
+    def connection_changed(self, connected: bool, now: float) -> None:
+        """The subscription came up or went down: only slots watched while connected are learned."""
+        self._hours.connection_changed(connected, now)
+
+    def set_hours(self, merchant_id: str, hours: WeeklyHours | None, now: float) -> list[Effect]:
+        """Configured hours for a merchant (None: back to learning); the write is an effect, so
+        the API answers once it is committed."""
+        self._hours.configure(merchant_id, hours)
+        return [MerchantHoursWrite(self._hours.record(merchant_id))]
+
+    def hours_of(self, merchant_id: str) -> tuple[str, str, dict[str, list[str]]]:
+        """(source, timezone, weekly): configured, learned or none (``GET .../hours``)."""
+        return self._hours.view(merchant_id)
+
+    def closed_slots(self, merchant_id: str) -> frozenset[int]:
+        """The merchant's learned usual closed slots of the day (0..23)."""
+        return self._hours.closed_slots(merchant_id)
 
     # ---- reading --------------------------------------------------------------------------
 
@@ -556,6 +800,20 @@ class Engine:
         st = self._terms.get(terminal_id)
         return None if st is None else to_record(st)
 
+    def acquirer_status(self, terminal_id: str) -> AcquirerStatus | None:
+        """The acquirer's status of a terminal (also one waiting for the terminal to appear)."""
+        status = self._statuses.get(terminal_id)
+        return None if status is None else replace(status)
+
+    def closed_terminals(self) -> list[tuple[str, str | None]]:
+        """(terminal_id, merchant_id) of the terminals the acquirer closed (their screens stay clear)."""
+        out = []
+        for status in self._statuses.not_active():
+            st = self._terms.get(status.terminal_id)
+            if status.status == CLOSED and st is not None:
+                out.append((st.terminal_id, st.merchant_id))
+        return sorted(out, key=lambda pair: pair[0])
+
     def incident(self, incident_id: str) -> Incident | None:
         """An open incident (resolved ones live in the store)."""
         return self._book.get(incident_id)
@@ -575,7 +833,7 @@ class Engine:
         tally: Counter[tuple[str, str | None]] = Counter(self._census.tally)
         for tid, until in self._maint.items():
             st = self._terms.get(tid)
-            if st is not None and until > now:
+            if st is not None and until > now and st.acq is None:  # the acquirer's word counts first
                 tally[(st.state, st.model)] -= 1
                 tally[(MAINTENANCE, st.model)] += 1
         open_, pageable = incident_counts(self._book.open_incidents())
@@ -590,3 +848,15 @@ class Engine:
             gaps_open=freeze(money.open_gaps),  # type: ignore[arg-type]
             open_batches=money.open_batches,
         )
+
+
+_HEARTBEAT_RULES_BY_STATUS = {SUSPENDED: HEARTBEAT_RULES_SUSPENDED, CLOSED: ()}
+_TXN_RULES_BY_STATUS = {SUSPENDED: TXN_RULES_SUSPENDED, CLOSED: TXN_RULES_CLOSED}
+
+
+def _counted(st: TerminalState) -> str | None:
+    """The state the census counts a terminal in: its liveness, ``suspended``, or None (closed)."""
+    acq = st.acq
+    if acq is None:
+        return st.state
+    return SUSPENDED if acq == SUSPENDED else None

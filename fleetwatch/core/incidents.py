@@ -301,18 +301,57 @@ class IncidentBook:
         """Open (or refresh) an incident the correlator decided on."""
         return self._finding(f, True)
 
-    def resolve_now(self, key: str, now: float, why: str) -> list[IncidentWrite]:
-        """Resolve the open incident of ``key`` at once (an upstream that went quiet)."""
+    def resolve_now(self, key: str, now: float, why: str, *, record: bool = False) -> list[IncidentWrite]:
+        """Resolve the open incident of ``key`` at once (an upstream that went quiet).
+
+        ``record``: also write ``why`` into the evidence and the event as ``resolved_by``
+        (what an acquirer's decision ended, so its notice can say so; CONTRACT.md §7)."""
         inc = self._by_key.get(key)
-        return [] if inc is None else self._resolve(inc, now, why)
+        if inc is None:
+            return []
+        if record:
+            inc.evidence["resolved_by"] = why
+            inc.evidence["resolved_at"] = now
+        return self._resolve(inc, now, why, {"resolved_by": why} if record else None)
+
+    def move_terminal(self, keys: Iterable[str], merchant_id: str, now: float) -> list[IncidentWrite]:
+        """A terminal now belongs to ``merchant_id``: its open incidents of ``keys`` go with it.
+
+        Each moved incident gets an event naming both merchants; one suppressed by its old
+        merchant's parent leaves it (``unsuppressed``; the one case a ``parent_id`` changes
+        while both are open: a merchant's parent explains only that merchant's terminals).
+        """
+        out: list[IncidentWrite] = []
+        for key in keys:
+            inc = self._by_key.get(key)
+            if inc is None or inc.scope != "terminal" or inc.merchant_id == merchant_id:
+                continue
+            detail: dict[str, Any] = {"reason": "terminal_moved", "from_merchant_id": inc.merchant_id,
+                                      "to_merchant_id": merchant_id}
+            self._unindex_group(inc)
+            inc.merchant_id = merchant_id
+            self._index(inc)
+            parent = self._by_id.get(inc.parent_id) if inc.parent_id is not None else None
+            kind: EventType = "updated"
+            if parent is not None and parent.scope == "merchant":
+                self._children.get(parent.id, set()).discard(inc.id)
+                detail["parent_id"] = parent.id
+                inc.parent_id, inc.suppressed = None, False
+                kind = "unsuppressed"
+            inc.updated_at = max(inc.updated_at, now)
+            self._touch(inc)
+            out.append(self._write(inc, now, kind, detail))
+        return out
 
     # ---- internals -------------------------------------------------------------------
 
-    def _resolve(self, inc: Incident, now: float, why: str) -> list[IncidentWrite]:
+    def _resolve(
+        self, inc: Incident, now: float, why: str, detail: dict[str, Any] | None = None,
+    ) -> list[IncidentWrite]:
         inc.status, inc.resolved_at = "resolved", now
         inc.updated_at = max(inc.updated_at, now)
         inc.clearing_since = None
-        out = [self._write(inc, now, "resolved", {"by": why})]
+        out = [self._write(inc, now, "resolved", {"by": why, **(detail or {})})]
         self._unindex(inc)
         self._touch(inc)
         for child in self._pop_children(inc.id):
@@ -353,6 +392,9 @@ class IncidentBook:
             siblings = self._children.get(inc.parent_id)
             if siblings is not None:
                 siblings.discard(inc.id)
+        self._unindex_group(inc)
+
+    def _unindex_group(self, inc: Incident) -> None:
         if inc.scope == "terminal" and inc.merchant_id is not None:
             group = self._by_group.get((inc.merchant_id, inc.kind))
             if group is not None:

@@ -1,4 +1,4 @@
-"""Wire models of the contract's five payloads (CONTRACT.md §1).
+"""Wire models of the contract's payloads (CONTRACT.md §1, and the acquirer's terminal status of §7).
 
 They are msgspec Structs rather than pydantic models because decoding is on the
 per-message hot path and msgspec validates the same schema several times faster
@@ -23,7 +23,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from fleetwatch.core.model import MessageType
+from fleetwatch.core.model import AcquirerStatusName, MessageType
 
 IdStr = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9.\-]{1,32}\Z")]
 """terminal_id / merchant_id: 1 to 32 characters of ``A-Z a-z 0-9 - .``."""
@@ -151,8 +151,34 @@ class Settlement(msgspec.Struct, frozen=True):
     credited_at: EpochMs
 
 
-Message = Heartbeat | TxnResult | BatchClose | StateMsg | Settlement
-"""Any accepted payload."""
+class TerminalStatus(msgspec.Struct, frozen=True):
+    """The acquirer's decision about one terminal (CONTRACT.md §7), published retained by its host.
+
+    ``reason`` is the acquirer's short code (``risk_review`` ...; free text allowed) and picks
+    the merchant notice's words; ``note`` is shown to the merchant as written (the PAN rule
+    applies to it like to every string); ``merchant_id`` is informational.
+    """
+
+    v: int
+    terminal_id: CheckedId
+    status: AcquirerStatusName
+    ts: EpochMs
+    merchant_id: CheckedId | None = None
+    reason: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
+    note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
+
+
+class StatusCleared(msgspec.Struct, frozen=True):
+    """An empty retained payload on a terminal's status topic: the status is cleared (active)."""
+
+    terminal_id: str
+
+
+Payload = Heartbeat | TxnResult | BatchClose | StateMsg | Settlement | TerminalStatus
+"""Any payload the typed decoders produce."""
+
+Message = Payload | StatusCleared
+"""Any accepted message."""
 
 
 
@@ -207,11 +233,15 @@ def invalid_field(msg: Message, topic_terminal_id: str | None = None) -> str | N
     ``terminal_id`` is not checked again when it equals ``topic_terminal_id`` (the
     topic pattern checked that one); checks run in field order, like msgspec's.
     """
-    if isinstance(msg, Settlement):
+    if isinstance(msg, Settlement | StatusCleared):
         return None
     if msg.terminal_id != topic_terminal_id and not is_id(msg.terminal_id):
         return f"{ID_RULE} - at `$.terminal_id`"
     if isinstance(msg, StateMsg):
+        return None
+    if isinstance(msg, TerminalStatus):
+        if msg.merchant_id is not None and not is_id(msg.merchant_id):
+            return f"{ID_RULE} - at `$.merchant_id`"
         return None
     if not is_id(msg.merchant_id):
         return f"{ID_RULE} - at `$.merchant_id`"

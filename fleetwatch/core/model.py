@@ -27,14 +27,25 @@ SEVERITIES: tuple[Severity, ...] = ("info", "minor", "major", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
 STATUSES: tuple[Status, ...] = ("open", "acknowledged", "resolved")
 
-TerminalStateLabel = Literal["online", "offline", "shutdown", "maintenance"]
-TERMINAL_STATES: tuple[TerminalStateLabel, ...] = ("online", "offline", "shutdown", "maintenance")
+TerminalStateLabel = Literal["online", "offline", "shutdown", "closed_hours", "maintenance", "suspended"]
+TERMINAL_STATES: tuple[TerminalStateLabel, ...] = (
+    "online", "offline", "shutdown", "closed_hours", "maintenance", "suspended",
+)
 """What ``fleetwatch_terminals{state}`` and the API call a terminal's state: the three a
-terminal reports or is judged to be in, and ``maintenance``, an operator's window over them."""
+terminal reports or is judged to be in; ``closed_hours``, silent in its shop's usual closed
+hours (CONTRACT.md §8); ``maintenance``, an operator's window over them; and ``suspended``,
+the acquirer's decision over all of them (§7). A ``closed`` terminal is not counted at all."""
 
-MessageType = Literal["heartbeat", "txn", "batch", "state", "settlement"]
-MESSAGE_TYPES: tuple[MessageType, ...] = ("heartbeat", "txn", "batch", "state", "settlement")
-"""The contract's payload types (CONTRACT.md §1): ``fleetwatch_messages_received_total{type}``."""
+LIVENESS_STATES: tuple[str, ...] = ("online", "offline", "shutdown", "closed_hours")
+"""The states a terminal's own liveness can be in (what the store keeps as ``terminals.state``)."""
+
+MessageType = Literal["heartbeat", "txn", "batch", "state", "settlement", "status"]
+MESSAGE_TYPES: tuple[MessageType, ...] = ("heartbeat", "txn", "batch", "state", "settlement", "status")
+"""The contract's payload types (CONTRACT.md §1, §7): ``fleetwatch_messages_received_total{type}``."""
+
+AcquirerStatusName = Literal["active", "suspended", "closed"]
+ACQUIRER_STATUSES: tuple[AcquirerStatusName, ...] = ("active", "suspended", "closed")
+"""What the acquirer's host may say of a terminal (CONTRACT.md §7)."""
 
 RejectReason = Literal["json", "schema", "version", "too_large", "topic", "spoof", "pan"]
 REJECT_REASONS: tuple[RejectReason, ...] = ("json", "schema", "version", "too_large", "topic", "spoof", "pan")
@@ -61,7 +72,15 @@ terminal kind hold at once, the first names the incident (``no_paper`` over
 ``paper_low``, ``offline`` over ``comm_errors``)."""
 
 ACQUIRER_DECISIONS: frozenset[tuple[str, str]] = frozenset({("config", "suspended"), ("config", "closed")})
-"""Causes that record an acquirer's decision about a terminal (CONTRACT.md §7), not a fault."""
+"""Causes that record an acquirer's decision about a terminal (CONTRACT.md §7), not a fault.
+
+Merchants are told of them at once whatever the severity or the hour (§6); they are never
+paged (severity ``info``) and never share a merchant parent (each terminal's decision has
+its own reason and its own money)."""
+
+RESOLVED_BY_DECISION: frozenset[str] = frozenset({"suspended", "closed"})
+"""``resolved_by`` of the incidents an acquirer's decision ended: the decision's own notice
+explains them, so the merchant is not shown them as fixed (CONTRACT.md §5)."""
 
 DEFAULT_SEVERITY: dict[tuple[str, str], Severity] = {
     **{(kind, cause): "major" for kind, causes in CAUSES.items() for cause in causes},
@@ -76,6 +95,15 @@ DEFAULT_SEVERITY: dict[tuple[str, str], Severity] = {
     ("config", "closed"): "info",
 }
 """Each (kind, cause)'s default severity, from the contract's table."""
+
+
+def decision_key(terminal_id: str) -> str:
+    """The key of a terminal's acquirer-decision record (``config`` ``suspended`` / ``closed``).
+
+    A key of its own, beside the terminal's ``config`` key, so that a closed terminal that
+    still transacts can have its ``config``/``not_registered`` open while the closure record
+    keeps watching its money (CONTRACT.md §7)."""
+    return f"terminal|{terminal_id}|config|decision"
 
 
 def group_json(group: dict[str, str] | None) -> str | None:
@@ -178,8 +206,9 @@ class Incident:
 
     @property
     def is_pageable(self) -> bool:
-        """Open and not explained by an open parent: what on-call may be paged for."""
-        return self.is_open and not self.suppressed
+        """Open, not explained by an open parent, and above ``info``: what on-call may be paged
+        for. ``info`` records (the acquirer's decisions) are never paged (CONTRACT.md §7)."""
+        return self.is_open and not self.suppressed and self.severity != "info"
 
 
 EventType = Literal[
@@ -217,7 +246,8 @@ class TerminalRecord:
     uptime_s: int | None = None
     reboots: int = 0
     state: str = "online"
-    """online | offline | shutdown (maintenance is a separate flag)."""
+    """online | offline | shutdown | closed_hours (maintenance is a separate flag, the
+    acquirer's status a record of its own)."""
     state_at: float | None = None
     battery_pct: int | None = None
     charging: bool | None = None
@@ -228,6 +258,42 @@ class TerminalRecord:
     saf_oldest_ts_ms: int | None = None
     tamper: bool = False
     maintenance_until: float | None = None
+
+
+@dataclass(slots=True)
+class AcquirerStatus:
+    """The acquirer's word on one terminal (CONTRACT.md §7), as applied or waiting for the terminal.
+
+    One per terminal the acquirer ever spoke of; a terminal the daemon does not know yet keeps
+    its status here until it appears (the store keeps them alike)."""
+
+    terminal_id: str
+    status: str = "active"
+    """active | suspended | closed (:data:`ACQUIRER_STATUSES`)."""
+    reason: str | None = None
+    note: str | None = None
+    since: float | None = None
+    """When the status began: the acquirer's ``ts`` (epoch s), or when a cleared one was applied."""
+    ts_ms: int | None = None
+    """The ``ts`` of the newest status applied: an older one is ignored."""
+    merchant_id: str | None = None
+    """As the acquirer wrote it (informational)."""
+    received_at: float | None = None
+
+
+@dataclass(slots=True)
+class MerchantHoursRecord:
+    """A merchant's operating hours as the store keeps them (CONTRACT.md §8, core/hours.py).
+
+    ``learned`` packs the history of whole days (24 fields of ``learn_days + 1`` bits), ``today``
+    the day in progress (``day``), ``configured`` the operator's weekly hours (the API's JSON)."""
+
+    merchant_id: str
+    learned: int | None = None
+    learn_days: int = 7
+    day: int = 0
+    today: int = 0
+    configured: dict[str, Any] | None = None
 
 
 # ---- effects: what the pipeline asks the store to persist -------------------------
@@ -368,5 +434,23 @@ class TerminalNoticeWrite:
     at: float
 
 
+@dataclass(frozen=True, slots=True)
+class AcquirerStatusWrite:
+    """Persist the acquirer's status of one terminal (a QoS 1 status is acknowledged after it).
+
+    ``merchant_id``: the terminal's merchant as the daemon knows it (None while the terminal
+    has not appeared), for whoever follows the terminal's screen."""
+
+    status: AcquirerStatus
+    merchant_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MerchantHoursWrite:
+    """Persist a merchant's learned or configured hours."""
+
+    record: MerchantHoursRecord
+
+
 Effect = (IncidentWrite | DeadLetter | TxnWrite | SettlementWrite | TerminalWrite | UpstreamMembersWrite
-          | TerminalNoticeWrite)
+          | TerminalNoticeWrite | AcquirerStatusWrite | MerchantHoursWrite)

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from fleetwatch.core.model import ACQUIRER_DECISIONS, CAUSES, SEVERITY_RANK, Incident, Severity
+from fleetwatch.core.model import ACQUIRER_DECISIONS, CAUSES, RESOLVED_BY_DECISION, SEVERITY_RANK, Incident, Severity
 
 Whose = Literal["merchant", "terminal", "acquirer", "upstream"]
 WHOSE_VALUES: Final[tuple[Whose, ...]] = ("merchant", "terminal", "acquirer", "upstream")
@@ -61,7 +61,7 @@ WHOSE: Final[dict[tuple[str, str], Whose]] = {
 }
 """The contract's "whose" table for terminal- and merchant-scope incidents."""
 
-HIDDEN_RESOLUTIONS: Final = frozenset({"suspended", "closed"})
+HIDDEN_RESOLUTIONS: Final = RESOLVED_BY_DECISION
 """``resolved_by`` values whose incidents the suspension or closure notice explains."""
 
 NO_BATCH: Final = -1
@@ -91,7 +91,9 @@ def catalogue_keys(inc: Incident) -> tuple[str, ...]:
 
     ``kind.cause`` always; before it a variant: ``.merchant`` for merchant scope, the
     upstream kind for group and fleet scope (then the generic ``upstream.KIND``), and
-    the acquirer's ``reason`` for ``config`` ``suspended`` / ``closed``.
+    the acquirer's ``reason`` for ``config`` ``suspended`` / ``closed``. A closure with no
+    money still to come reads ``config.closed.settled`` first (its ``next`` says so; the
+    other fields come from the reason's entry).
     """
     base = f"{inc.kind}.{inc.cause}"
     if inc.scope in ("group", "fleet"):
@@ -100,9 +102,13 @@ def catalogue_keys(inc: Incident) -> tuple[str, ...]:
     if inc.scope == "merchant":
         return (f"{base}.merchant", base)
     if (inc.kind, inc.cause) in ACQUIRER_DECISIONS:
+        keys: tuple[str, ...] = (base,)
         reason = inc.evidence.get("reason")
         if isinstance(reason, str) and reason:
-            return (f"{base}.{reason}", base)
+            keys = (f"{base}.{reason}", base)
+        if inc.cause == "closed" and not inc.evidence.get("unsettled"):
+            keys = (f"{base}.settled", *keys)
+        return keys
     return (base,)
 
 
@@ -272,14 +278,24 @@ def _facts(
     )
 
 
+def _money_entries(inc: Incident) -> Iterable[Mapping[str, Any]]:
+    """The money an incident is about: a settlement gap's batch, or what a closed terminal
+    still has to come (its closure record's ``unsettled``, CONTRACT §7)."""
+    if inc.scope != "terminal":
+        return ()
+    if inc.kind == "settlement_gap":
+        return (inc.evidence,)
+    if (inc.kind, inc.cause) == ("config", "closed"):
+        entries = inc.evidence.get("unsettled")
+        return [e for e in entries if isinstance(e, Mapping)] if isinstance(entries, list) else ()
+    return ()
+
+
 def money_of(incidents: Iterable[Incident]) -> tuple[Money, ...]:
     """Money at stake per batch and currency, each counted once (the larger of its causes)."""
     amounts: dict[tuple[str, int, str], int] = {}
     dates: dict[tuple[str, int, str], str] = {}
-    for inc in incidents:
-        if inc.kind != "settlement_gap" or inc.scope != "terminal":
-            continue
-        ev = inc.evidence
+    for inc, ev in ((i, e) for i in incidents for e in _money_entries(i)):
         amount, currency, batch_no = ev.get("amount_minor"), ev.get("currency"), ev.get("batch_no")
         if not isinstance(currency, str) or not currency or not isinstance(amount, int) \
                 or not isinstance(batch_no, int) or isinstance(amount, bool) or isinstance(batch_no, bool):

@@ -21,7 +21,7 @@ What feeds what is documented in docs/detection.md; the parameters live in
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final
 
 from fleetwatch.config import DetectSettings
@@ -95,6 +95,9 @@ RATE_BITS: Final = COMM_BIT | PRINT_ERR_BIT
 """Conditions judged over a rate window (core/rates.py)."""
 POWER_MASK: Final = KIND_MASK["power"]
 CONFIG_MASK: Final = KIND_MASK["config"]
+NOT_REGISTERED_BIT: Final = COND_BITS[("config", "not_registered")]
+SUSPENDED_KINDS: Final[tuple[Kind, ...]] = ("network", "config")
+"""What a suspension ends and keeps from opening (CONTRACT.md §7)."""
 
 NOTHING: Final[tuple[Signal, ...]] = ()
 
@@ -284,6 +287,10 @@ HEARTBEAT_RULES: Final[tuple[Rule, ...]] = (
 )
 """Nothing here about link or print rates: they end on their own deadline (:func:`rates_due`),
 so a heartbeat never pays for them."""
+
+HEARTBEAT_RULES_SUSPENDED: Final[tuple[Rule, ...]] = (printer_state, reader_self_test, battery, tamper)
+"""While the acquirer has suspended a terminal nothing of kind network or config opens for it;
+its hardware and tamper go on as usual (CONTRACT.md §7)."""
 
 # ---- transaction rules -------------------------------------------------------------------
 
@@ -487,6 +494,25 @@ def _window_due(ctx: Ctx, sig: _Signal, w: AttemptWindow) -> Sequence[Signal]:
     return out
 
 
+def forget_conditions(st: TerminalState, kinds: Sequence[Kind]) -> None:
+    """The acquirer ended these kinds' incidents: forget their conditions and the windows
+    that could raise them again (a suspended terminal's link, everything of a closed one)."""
+    for kind in kinds:
+        mask = KIND_MASK[kind]
+        st.conds &= ~mask
+        st.resolved_conds &= ~mask
+    if "network" in kinds:
+        st.weak_since = None
+        st.flap_until = None
+        _forget(st, LINK)
+    if "printer" in kinds:
+        _forget(st, PRINT)
+    if "reader" in kinds:
+        st.reader = None
+    if "power" in kinds:
+        st.batt_fired = 0
+
+
 def resume_rate(st: TerminalState, bit: int, now: float, cfg: DetectSettings) -> float:
     """A rate condition open across a restart: its window is gone, so treat the restart as
     its last failure; returns when :func:`rates_due` must look (failures stopped?)."""
@@ -586,14 +612,36 @@ def _learn_baseline(rs: ReaderStats, cfg: DetectSettings, fails: list[tuple[int,
 
 TXN_RULES: Final[tuple[Rule, ...]] = (comm_errors, print_errors, config_codes, reader_behaviour)
 
+TXN_RULES_SUSPENDED: Final[tuple[Rule, ...]] = (print_errors, reader_behaviour)
+"""A suspended terminal's declines and link failures open nothing (its config and network
+are the acquirer's decision now); its printer and reader are still judged."""
+
+
+def closed_terminal_txn(ctx: Ctx) -> Sequence[Signal]:
+    """A transaction from a terminal the acquirer closed: ``config``/``not_registered``
+    (CONTRACT.md §7), whatever its outcome. It stays open until the terminal is active
+    again and a payment is approved, or an operator resolves it."""
+    if ctx.st.conds & NOT_REGISTERED_BIT:
+        return NOTHING
+    return ctx.hold("config", "not_registered", {"rc": ctx.msg.rc, "terminal_closed": True})
+
+
+TXN_RULES_CLOSED: Final[tuple[Rule, ...]] = (closed_terminal_txn,)
+"""Nothing else opens for a closed terminal but its settlement gaps (the settlement book's)."""
+
 # ---- liveness (called by the engine on state changes, not per message) -------------------
 
 
-def went_offline(ctx: Ctx, reason: str, last_seen: float | None) -> Sequence[Signal]:
-    """Silence past the threshold, a flap during recovery, or a live Last Will."""
+def went_offline(
+    ctx: Ctx, reason: str, last_seen: float | None, extra: Mapping[str, Any] | None = None,
+) -> Sequence[Signal]:
+    """Silence past the threshold, a flap during recovery, or a live Last Will (``extra``:
+    more evidence, such as the shop's usual opening a terminal did not come back by)."""
     evidence: dict[str, Any] = {"reason": reason, "last_seen": last_seen}
     if last_seen is not None:
         evidence["silent_s"] = round(ctx.now - last_seen, 3)
+    if extra:
+        evidence.update(extra)
     return ctx.hold("network", "offline", evidence)
 
 

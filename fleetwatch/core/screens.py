@@ -22,6 +22,9 @@ Why it looks the way it does:
 - **Restart.** :meth:`restore` takes the open incidents, the upstream members and what
   the broker last acknowledged per terminal; the first tick republishes only what
   differs from it.
+- **Closed terminals** (the acquirer's decision, CONTRACT §7) show nothing: their retained
+  notice is cleared once (a zero-length retained publish) and stays clear while they are
+  closed; the closure's notice is for the merchant's page, not for a closed device.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetwatch.core.catalogue import SCREEN_ACTION_MAX, SCREEN_TITLE_MAX, Catalogue, Context, cut
-from fleetwatch.core.model import Effect, Incident, IncidentWrite, TerminalNoticeWrite, UpstreamMembersWrite
+from fleetwatch.core.model import (
+    AcquirerStatusWrite,
+    Effect,
+    Incident,
+    IncidentWrite,
+    TerminalNoticeWrite,
+    UpstreamMembersWrite,
+)
 from fleetwatch.core.notices import build_notices, screen_signature
 
 Items = tuple[tuple[tuple[str, str], ...], ...]
@@ -49,6 +59,8 @@ class ScreenUpdate:
     merchant_id: str | None
     lang: str
     items: tuple[dict[str, str], ...]
+    clear: bool = False
+    """Clear the retained notice (a zero-length retained publish): the terminal was closed."""
 
     def payload(self, ts_ms: int) -> dict[str, Any]:
         """The contract's Notice message for the terminal's screen."""
@@ -94,14 +106,20 @@ class TerminalScreens:
         self._shown_by_merchant: dict[str, set[str]] = {}
         """merchant -> its terminals whose screens are not empty."""
         self._dirty: set[str] = set()
+        self._closed: set[str] = set()
+        """Terminals the acquirer closed: their screens stay clear."""
+        self._clears: dict[str, str | None] = {}
+        """Closed terminals whose retained notice is still to be cleared (-> their merchant)."""
 
     # ---- start ---------------------------------------------------------------------------
 
     def restore(
         self, open_incidents: Iterable[Incident], members: Mapping[str, Iterable[tuple[str, str | None]]],
-        published: Iterable[TerminalNoticeWrite],
+        published: Iterable[TerminalNoticeWrite], closed: Iterable[tuple[str, str | None]] = (),
     ) -> None:
-        """Open incidents go straight into the view (their window passed while we were away)."""
+        """Open incidents go straight into the view (their window passed while we were away);
+        ``closed``: (terminal, merchant) the acquirer closed, whose screens stay clear."""
+        self._closed.update(tid for tid, _ in closed)
         for inc in open_incidents:
             if inc.is_open:
                 self._sig[inc.id] = screen_signature(inc)
@@ -110,6 +128,10 @@ class TerminalScreens:
             self._add_members(uid, rows)
         for row in published:
             items = payload_items(row.payload)
+            if row.terminal_id in self._closed:
+                if row.payload is not None:
+                    self._clears[row.terminal_id] = row.merchant_id
+                continue
             if items:
                 self._shown[row.terminal_id] = items
                 if row.merchant_id is not None:
@@ -129,6 +151,20 @@ class TerminalScreens:
             elif isinstance(e, UpstreamMembersWrite):
                 self._add_members(e.incident_id, e.members)
                 self._dirty.update(mid for _, mid in e.members if mid is not None)
+            elif isinstance(e, AcquirerStatusWrite):
+                self._acquirer_status(e)
+
+    def _acquirer_status(self, e: AcquirerStatusWrite) -> None:
+        tid = e.status.terminal_id
+        if e.status.status == "closed":
+            if tid not in self._closed:
+                self._closed.add(tid)
+                self._clears[tid] = e.merchant_id
+        elif tid in self._closed:
+            self._closed.discard(tid)
+            self._clears.pop(tid, None)
+            if e.merchant_id is not None:
+                self._dirty.add(e.merchant_id)
 
     def _incident(self, inc: Incident, now: float) -> None:
         iid = inc.id
@@ -176,10 +212,17 @@ class TerminalScreens:
             del self._pending[iid]
             self._put(pending[1])
             self._mark(pending[1])
-        if not self._dirty:
-            return []
-        dirty, self._dirty = self._dirty, set()
         out: list[ScreenUpdate] = []
+        if self._clears:
+            clears, self._clears = self._clears, {}
+            for tid, merchant in sorted(clears.items()):
+                self._shown.pop(tid, None)
+                for shown in self._shown_by_merchant.values():
+                    shown.discard(tid)
+                out.append(ScreenUpdate(tid, merchant, self._cat.lang, (), clear=True))
+        if not self._dirty:
+            return out
+        dirty, self._dirty = self._dirty, set()
         for merchant in sorted(dirty):
             out.extend(self._recompute(merchant, now))
         return out
@@ -198,7 +241,7 @@ class TerminalScreens:
                 })
         out: list[ScreenUpdate] = []
         shown_here = self._shown_by_merchant.setdefault(merchant, set())
-        for tid in sorted(set(screens) | shown_here):
+        for tid in sorted((set(screens) | shown_here) - self._closed):
             items = tuple(screens.get(tid, ()))
             key = items_key(items)
             if self._shown.get(tid, ()) == key:

@@ -550,6 +550,19 @@ class SettlementBook:
             out[self._saf_key(terminal_id)] = dict(self._saf_open[terminal_id])
         return out
 
+    def unsettled(self, terminal_id: str) -> list[Evidence]:
+        """The terminal's approved money the host has not settled yet, one entry per batch and
+        currency (``batch_no``, ``currency``, ``amount_minor``, ``business_date``): what a
+        closed terminal still owes its merchant (CONTRACT.md §7)."""
+        out: list[Evidence] = []
+        for key in sorted(self._by_terminal.get(terminal_id, ())):
+            r = self._batches[key].rec
+            owed = outstanding(r)
+            if owed > 0:
+                out.append({"batch_no": r.batch_no, "currency": r.currency, "amount_minor": owed,
+                            "business_date": r.business_date})
+        return out
+
     def batch(self, terminal_id: str, batch_no: int, currency: str) -> BatchRecord | None:
         """A copy of one open batch's record, or None when it is not held (never seen or done)."""
         b = self._batches.get((terminal_id, batch_no, currency))

@@ -30,6 +30,9 @@ from fleetwatch.core.rates import TerminalRates
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
 SHUTDOWN: Final = "shutdown"
+CLOSED_HOURS: Final = "closed_hours"
+"""Silent since its shop's usual closing time (CONTRACT.md §8): judged again after the opening."""
+LIVENESS: Final = frozenset({ONLINE, OFFLINE, SHUTDOWN, CLOSED_HOURS})
 
 
 class Interner:
@@ -91,6 +94,7 @@ class TerminalState:
     """Everything the engine keeps of one terminal; flat slots, interned strings."""
 
     __slots__ = (
+        "acq",
         "app",
         "batt_fired",
         "battery_pct",
@@ -124,6 +128,7 @@ class TerminalState:
         "tamper",
         "terminal_id",
         "uptime_s",
+        "watch_from",
         "weak_since",
     )
 
@@ -152,6 +157,8 @@ class TerminalState:
         self.saf_oldest_ts_ms: int | None = None
         self.tamper = False
         self.maintenance_until: float | None = None
+        self.acq: str | None = None
+        """``suspended`` or ``closed`` while the acquirer says so (core/acquirer.py); None: active."""
         # detector bookkeeping (not persisted; rebuilt from open incidents at start)
         self.conds = 0
         """Bit set of the (kind, cause) conditions that currently hold (rules.COND_BITS)."""
@@ -166,6 +173,8 @@ class TerminalState:
         self.weak_since: float | None = None
         self.flap_until: float | None = None
         """While a just-recovered offline terminal is watched for flapping."""
+        self.watch_from: float | None = None
+        """Silence is judged from here at the earliest (the acquirer made the terminal active again)."""
         self.sched: float | None = None
         """Deadline currently queued in the engine's silence heap (None: not queued)."""
         self.rates: TerminalRates | None = None
@@ -230,7 +239,7 @@ def from_record(rec: TerminalRecord, interner: Interner) -> TerminalState:
     st.seq = rec.seq
     st.uptime_s = rec.uptime_s
     st.reboots = rec.reboots
-    st.state = rec.state if rec.state in (ONLINE, OFFLINE, SHUTDOWN) else ONLINE
+    st.state = rec.state if rec.state in LIVENESS else ONLINE
     st.state_at = rec.state_at
     st.battery_pct = rec.battery_pct
     st.charging = rec.charging
