@@ -57,11 +57,12 @@ log = structlog.get_logger("fleetwatch.mqtt")
 
 Acked = Callable[[], None]
 
-TOPIC_SUFFIXES = ("term/+/heartbeat", "term/+/txn", "term/+/batch", "term/+/state", "host/settlement")
+TOPIC_SUFFIXES = ("term/+/heartbeat", "term/+/txn", "term/+/batch", "term/+/state", "host/settlement",
+                  "host/terminal/+/status")
 
 
 def subscription_topics(prefix: str) -> list[str]:
-    """The contract's five topic families under ``prefix``."""
+    """The contract's topic families under ``prefix`` (CONTRACT §1, and the acquirer's statuses of §7)."""
     return [f"{prefix}/{suffix}" for suffix in TOPIC_SUFFIXES]
 
 

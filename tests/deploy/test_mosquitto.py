@@ -212,14 +212,41 @@ def test_terminal_publishes_only_under_its_own_id(connect: Connect) -> None:
     assert topics == ["fleet/v1/term/T1/heartbeat", "fleet/v1/term/T1/txn"]
 
 
-def test_acquirer_host_writes_settlement_only(connect: Connect) -> None:
-    """acquirer-host can publish fleet/v1/host/settlement and nothing on terminal topics."""
+def test_acquirer_host_writes_settlement_and_terminal_statuses_only(connect: Connect) -> None:
+    """acquirer-host can publish fleet/v1/host/settlement and the terminals' statuses, and nothing
+    on terminal topics."""
     daemon = _subscriber(connect, "fleetwatch")
     host = connect("acquirer-host")
     assert host.publish("fleet/v1/term/T1/txn", b"{}").value == NOT_AUTHORIZED
+    assert host.publish("fleet/v1/host/terminal/T1/status/x", b"{}").value == NOT_AUTHORIZED
     assert host.publish("fleet/v1/host/settlement", b'{"v":1}').value == 0
-    daemon.wait_message("fleet/v1/host/settlement")
-    assert [t for t, _ in daemon.messages] == ["fleet/v1/host/settlement"]
+    assert host.publish("fleet/v1/host/terminal/T1/status", b'{"v":1}').value == 0
+    daemon.wait_message("fleet/v1/host/terminal/T1/status")
+    assert [t for t, _ in daemon.messages] == ["fleet/v1/host/settlement", "fleet/v1/host/terminal/T1/status"]
+
+
+def test_only_the_acquirer_may_publish_a_terminal_status(connect: Connect) -> None:
+    """A terminal cannot lift (or set) a suspension, its own or another's, and the daemon cannot
+    either: their status publishes are refused and reach nobody. The acquirer's retained status
+    is handed to a daemon that subscribes later (it is the current truth on every resubscribe),
+    and a zero-length retained publish clears it."""
+    t1 = connect("T1")
+    for who in (t1, connect("fleetwatch")):
+        for tid in ("T1", "T2"):
+            assert who.publish(f"fleet/v1/host/terminal/{tid}/status", b'{"status":"active"}').value == NOT_AUTHORIZED
+    host = connect("acquirer-host")
+    info = host.client.publish("fleet/v1/host/terminal/T1/status", b'{"v":1,"status":"suspended"}', qos=1,
+                               retain=True)
+    info.wait_for_publish(timeout=TIMEOUT)
+    late = _subscriber(connect, "fleetwatch")
+    late.wait_message("fleet/v1/host/terminal/T1/status")
+    assert late.messages == [("fleet/v1/host/terminal/T1/status", b'{"v":1,"status":"suspended"}')]
+    info = host.client.publish("fleet/v1/host/terminal/T1/status", b"", qos=1, retain=True)
+    info.wait_for_publish(timeout=TIMEOUT)
+    later = _subscriber(connect, "fleetwatch")
+    assert t1.publish("fleet/v1/term/T1/heartbeat", b"{}").value == 0
+    later.wait_message("fleet/v1/term/T1/heartbeat")
+    assert [t for t, _ in later.messages] == ["fleet/v1/term/T1/heartbeat"]
 
 
 def test_terminal_writes_only_its_four_topics(connect: Connect) -> None:
@@ -287,8 +314,9 @@ def test_unknown_or_anonymous_clients_are_refused(connect: Connect, user: str | 
 
 def test_acl_grants_as_documented() -> None:
     """The ACL file grants exactly: fleetwatch reads fleet/v1/# and writes every notice,
-    acquirer-host writes fleet/v1/host/settlement, every user writes its own heartbeat, txn,
-    batch and state under fleet/v1/term/<own username>/ and reads its own notice."""
+    acquirer-host writes fleet/v1/host/settlement and every terminal's status, every user writes
+    its own heartbeat, txn, batch and state under fleet/v1/term/<own username>/ and reads its
+    own notice."""
     rules = [
         re.sub(r"\s+", " ", line.strip())
         for line in ACL.read_text().splitlines()
@@ -300,6 +328,7 @@ def test_acl_grants_as_documented() -> None:
         "topic write fleet/v1/term/+/notice",
         "user acquirer-host",
         "topic write fleet/v1/host/settlement",
+        "topic write fleet/v1/host/terminal/+/status",
         "pattern write fleet/v1/term/%u/heartbeat",
         "pattern write fleet/v1/term/%u/txn",
         "pattern write fleet/v1/term/%u/batch",
