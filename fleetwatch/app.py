@@ -20,7 +20,7 @@ import contextlib
 import signal
 import socket
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from pathlib import Path
 
 import structlog
@@ -149,10 +149,13 @@ async def run_daemon(settings: Settings) -> int:
         if notice_listen is not None:
             listeners.append(bind_listener(notice_listen, "notice.listen", settings.notice.listen))
         metrics = Metrics()
+        connection_listeners: list[Callable[[bool], None]] = []
 
         def connection_changed(up: bool) -> None:
             metrics.mqtt_connected.set(1 if up else 0)
             log.info("mqtt connection state", connected=up)
+            for listener in connection_listeners:
+                listener(up)
 
         def connect_failed(failure: ConnectFailure) -> None:
             metrics.mqtt_connect_failures.labels(reason=failure.reason).inc()
@@ -162,7 +165,8 @@ async def run_daemon(settings: Settings) -> int:
         store = await SqliteStore.open(settings.store.sqlite_path, dead_letters_kept=settings.store.dead_letters_kept)
         try:
             return await _run_with_store(settings, store, started, metrics=metrics, source=source,
-                                         listeners=listeners, catalogues=catalogues)
+                                         listeners=listeners, catalogues=catalogues,
+                                         connection_listeners=connection_listeners)
         finally:
             with contextlib.suppress(Exception):
                 await store.close()
@@ -174,6 +178,7 @@ async def run_daemon(settings: Settings) -> int:
 async def _run_with_store(
     settings: Settings, store: SqliteStore, started: float, *, metrics: Metrics, source: GmqttSource,
     listeners: list[socket.socket], catalogues: Mapping[str, Catalogue],
+    connection_listeners: list[Callable[[bool], None]],
 ) -> int:
     engine = Engine(settings.detect, settings.settlement)
     open_incidents = await store.load_open_incidents()
@@ -189,6 +194,7 @@ async def _run_with_store(
     log.info("state restored", seconds=round(time.perf_counter() - started, 3))
     pipeline = Pipeline(settings, engine, store, metrics)
     pipeline.refresh_snapshot(time.time())
+    connection_listeners.append(pipeline.connection_changed)
 
     async def commit(effects: list[Effect]) -> None:
         await pipeline.submit(effects)
@@ -279,7 +285,8 @@ async def _start_terminal_notices(
     detect = settings.detect
     window = detect.intervals(detect.correlation_window_intervals)
     screens = TerminalScreens(catalogues[settings.notice.terminal_lang], notice_context(settings), window)
-    screens.restore(engine.open_incidents(), members, await store.load_terminal_notices(shown_only=True))
+    screens.restore(engine.open_incidents(), members, await store.load_terminal_notices(shown_only=True),
+                    closed=engine.closed_terminals())
     glue = TerminalNotices(screens, source, prefix, submit, time.time,
                            on_published=metrics.terminal_notices.inc, on_acked=metrics.terminal_notices_acked.inc)
     pipeline.add_commit_listener(glue.on_commit)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fleetwatch.core.calendar import Calendar
-from fleetwatch.core.catalogue import Catalogue, Context, Notice, negotiate, render_notice
+from fleetwatch.core.catalogue import Catalogue, Context, Notice, NoticeItem, negotiate, render_notice
 from fleetwatch.core.links import LinkCheck, check, link_path
 from fleetwatch.core.model import Incident
 from fleetwatch.core.notices import build_notices
@@ -56,20 +56,26 @@ def notice_json(notice: Notice) -> dict[str, Any]:
     """The contract's Notice JSON."""
     return {
         "merchant_id": notice.merchant_id, "lang": notice.lang, "generated_at": rfc3339(notice.generated_at),
-        "items": [
-            {
-                "incident_id": i.facts.incident_id, "kind": i.facts.kind, "cause": i.facts.cause,
-                "severity": i.facts.severity, "status": i.facts.status, "whose": i.facts.whose,
-                "terminal_ids": list(i.facts.terminal_ids), "title": i.texts.title,
-                "what_happened": i.texts.what_happened, "what_to_do": list(i.texts.what_to_do),
-                "next": i.texts.next,
-                "money": [{"amount_minor": m.amount_minor, "currency": m.currency, "display": m.display,
-                           "batch_no": m.batch_no, "business_date": m.business_date} for m in i.money],
-                "opened_at": rfc3339(i.facts.opened_at), "resolved_at": rfc3339(i.facts.resolved_at),
-            }
-            for i in notice.items
-        ],
+        "items": [item_json(i) for i in notice.items],
     }
+
+
+def item_json(i: NoticeItem) -> dict[str, Any]:
+    """One notice item in the contract's shape; an acquirer's decision with a note carries it as
+    ``note``, as the acquirer wrote it (CONTRACT §7; an addition to §5's item)."""
+    item: dict[str, Any] = {
+        "incident_id": i.facts.incident_id, "kind": i.facts.kind, "cause": i.facts.cause,
+        "severity": i.facts.severity, "status": i.facts.status, "whose": i.facts.whose,
+        "terminal_ids": list(i.facts.terminal_ids), "title": i.texts.title,
+        "what_happened": i.texts.what_happened, "what_to_do": list(i.texts.what_to_do),
+        "next": i.texts.next,
+        "money": [{"amount_minor": m.amount_minor, "currency": m.currency, "display": m.display,
+                   "batch_no": m.batch_no, "business_date": m.business_date} for m in i.money],
+        "opened_at": rfc3339(i.facts.opened_at), "resolved_at": rfc3339(i.facts.resolved_at),
+    }
+    if i.facts.note:
+        item["note"] = i.facts.note
+    return item
 
 
 @dataclass(frozen=True, slots=True)

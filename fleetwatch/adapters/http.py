@@ -26,7 +26,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetwatch import __version__
-from fleetwatch.core.model import BatchRecord, Effect, Incident, IncidentEvent, TerminalRecord
+from fleetwatch.core.hours import HoursError, WeeklyHours
+from fleetwatch.core.model import (
+    AcquirerStatus,
+    BatchRecord,
+    Effect,
+    Incident,
+    IncidentEvent,
+    TerminalRecord,
+    TerminalWrite,
+)
 from fleetwatch.core.settlement import money_at_stake, reconcile_day
 from fleetwatch.errors import BadRequest, Conflict, NotFound, RequestError, UnknownIncident, UnknownTerminal
 from fleetwatch.timefmt import parse_time, rfc3339
@@ -100,7 +109,11 @@ class Decisions(Protocol):
     def acknowledge(self, incident_id: str, now: float) -> list[Effect]: ...
     def resolve(self, incident_id: str, now: float) -> list[Effect]: ...
     def set_maintenance(self, terminal_id: str, until: float | None, now: float) -> list[Effect]: ...
+    def set_merchant_maintenance(self, merchant_id: str, until: float | None, now: float) -> list[Effect]: ...
+    def set_hours(self, merchant_id: str, hours: WeeklyHours | None, now: float) -> list[Effect]: ...
+    def hours_of(self, merchant_id: str) -> tuple[str, str, dict[str, list[str]]]: ...
     def terminal(self, terminal_id: str) -> TerminalRecord | None: ...
+    def acquirer_status(self, terminal_id: str) -> AcquirerStatus | None: ...
     def incident(self, incident_id: str) -> Incident | None: ...
 
 
@@ -189,10 +202,14 @@ class TerminalOut(BaseModel):
     reader_fault: bool
     saf_pending: int | None
     tamper: bool
+    acquirer_status: str = Field(description="active, suspended or closed: the acquirer's decision (CONTRACT §7).")
+    reason: str | None = Field(description="The acquirer's reason code for the status.")
+    since: str | None = Field(description="When the acquirer's status began (RFC 3339).")
 
     @classmethod
-    def of(cls, t: TerminalRecord, now: float) -> TerminalOut:
+    def of(cls, t: TerminalRecord, now: float, status: AcquirerStatus | None = None) -> TerminalOut:
         in_maintenance = t.maintenance_until is not None and t.maintenance_until > now
+        active = status is None or status.status == "active"
         return cls(
             terminal_id=t.terminal_id, merchant_id=t.merchant_id, model=t.model, fw=t.fw, app=t.app,
             serial=t.serial, net_type=t.net_type, state=t.state, in_maintenance=in_maintenance,
@@ -201,6 +218,9 @@ class TerminalOut(BaseModel):
             uptime_s=t.uptime_s, reboots=t.reboots, battery_pct=t.battery_pct, charging=t.charging,
             rssi_dbm=t.rssi_dbm, printer=t.printer, reader_fault=t.reader_fault,
             saf_pending=t.saf_pending, tamper=t.tamper,
+            acquirer_status="active" if status is None else status.status,
+            reason=None if active or status is None else status.reason,
+            since=None if active or status is None else rfc3339(status.since),
         )
 
 
@@ -211,6 +231,19 @@ class TerminalPage(BaseModel):
 
 class MaintenanceIn(BaseModel):
     until: str | float = Field(description="End of the maintenance window: RFC 3339 time or epoch seconds.")
+
+
+class MerchantMaintenanceOut(BaseModel):
+    merchant_id: str
+    until: str | None = Field(description="End of the window (RFC 3339); null once it is ended.")
+    terminal_ids: list[str] = Field(description="The merchant's terminals the window was set on.")
+
+
+class HoursOut(BaseModel):
+    source: Literal["configured", "learned", "none"]
+    timezone: str
+    weekly: dict[str, list[str]] = Field(description='Opening ranges per day, e.g. {"mon": ["08:00-22:00"]}; '
+                                                     "a day not listed is closed.")
 
 
 class GapPage(BaseModel):
@@ -240,6 +273,22 @@ class Reconciliation(BaseModel):
 
 _bearer = HTTPBearer(auto_error=False)
 _ID = r"^[A-Za-z0-9.\-]{1,32}$"
+
+
+def _future(value: str | float, now: float) -> float:
+    """A maintenance window's end: a time in the future, else a 422 saying what is wrong."""
+    try:
+        until = parse_time(value)
+    except ValueError as exc:
+        raise HTTPException(status_code=422, detail=f"bad time: {exc}") from exc
+    if until <= now:
+        raise HTTPException(status_code=422, detail="maintenance must end in the future")
+    return until
+
+
+def _merchant_window(merchant_id: str, until: float | None, effects: list[Effect]) -> MerchantMaintenanceOut:
+    tids = sorted({e.record.terminal_id for e in effects if isinstance(e, TerminalWrite)})
+    return MerchantMaintenanceOut(merchant_id=merchant_id, until=rfc3339(until), terminal_ids=tids)
 
 
 def _notice_routes(app: FastAPI, auth: list[Any], notices: Notices, clock: Callable[[], float]) -> None:
@@ -368,7 +417,8 @@ def build_app(
         items, next_cursor = await reads.list_terminals(merchant_id=merchant_id, limit=limit, cursor=cursor)
         now = clock()
         fresh = [decisions.terminal(t.terminal_id) or t for t in items]
-        return TerminalPage(items=[TerminalOut.of(t, now) for t in fresh], next_cursor=next_cursor)
+        return TerminalPage(items=[TerminalOut.of(t, now, decisions.acquirer_status(t.terminal_id)) for t in fresh],
+                            next_cursor=next_cursor)
 
     async def _terminal_or_404(terminal_id: str) -> TerminalRecord:
         found = decisions.terminal(terminal_id) or await reads.get_terminal(terminal_id)
@@ -376,28 +426,61 @@ def build_app(
             raise UnknownTerminal(terminal_id)
         return found
 
+    def _terminal_out(t: TerminalRecord) -> TerminalOut:
+        return TerminalOut.of(t, clock(), decisions.acquirer_status(t.terminal_id))
+
     @app.get("/api/v1/terminals/{terminal_id}", dependencies=auth)
     async def get_terminal(terminal_id: str) -> TerminalOut:
-        return TerminalOut.of(await _terminal_or_404(terminal_id), clock())
+        return _terminal_out(await _terminal_or_404(terminal_id))
 
     @app.post("/api/v1/terminals/{terminal_id}/maintenance", dependencies=auth)
     async def start_maintenance(terminal_id: str, body: MaintenanceIn) -> TerminalOut:
         await _terminal_or_404(terminal_id)
-        try:
-            until = parse_time(body.until)
-        except ValueError as exc:
-            raise HTTPException(status_code=422, detail=f"bad time: {exc}") from exc
-        now = clock()
-        if until <= now:
-            raise HTTPException(status_code=422, detail="maintenance must end in the future")
-        await commit(decisions.set_maintenance(terminal_id, until, now))
-        return TerminalOut.of(await _terminal_or_404(terminal_id), clock())
+        until = _future(body.until, clock())
+        await commit(decisions.set_maintenance(terminal_id, until, clock()))
+        return _terminal_out(await _terminal_or_404(terminal_id))
 
     @app.delete("/api/v1/terminals/{terminal_id}/maintenance", dependencies=auth)
     async def end_maintenance(terminal_id: str) -> TerminalOut:
         await _terminal_or_404(terminal_id)
         await commit(decisions.set_maintenance(terminal_id, None, clock()))
-        return TerminalOut.of(await _terminal_or_404(terminal_id), clock())
+        return _terminal_out(await _terminal_or_404(terminal_id))
+
+    @app.post("/api/v1/merchants/{merchant_id}/maintenance", dependencies=auth)
+    async def start_merchant_maintenance(
+        merchant_id: Annotated[str, Path(pattern=_ID)], body: MaintenanceIn,
+    ) -> MerchantMaintenanceOut:
+        until = _future(body.until, clock())
+        return _merchant_window(merchant_id, until, await _commit(decisions.set_merchant_maintenance(
+            merchant_id, until, clock())))
+
+    @app.delete("/api/v1/merchants/{merchant_id}/maintenance", dependencies=auth)
+    async def end_merchant_maintenance(merchant_id: Annotated[str, Path(pattern=_ID)]) -> MerchantMaintenanceOut:
+        return _merchant_window(merchant_id, None, await _commit(decisions.set_merchant_maintenance(
+            merchant_id, None, clock())))
+
+    async def _commit(effects: list[Effect]) -> list[Effect]:
+        await commit(effects)
+        return effects
+
+    @app.get("/api/v1/merchants/{merchant_id}/hours", dependencies=auth)
+    async def get_hours(merchant_id: Annotated[str, Path(pattern=_ID)]) -> HoursOut:
+        source, zone, weekly = decisions.hours_of(merchant_id)
+        return HoursOut(source=source, timezone=zone, weekly=weekly)
+
+    @app.put("/api/v1/merchants/{merchant_id}/hours", dependencies=auth)
+    async def put_hours(merchant_id: Annotated[str, Path(pattern=_ID)], body: dict[str, Any]) -> HoursOut:
+        try:
+            hours = WeeklyHours.parse(body)
+        except HoursError as exc:
+            raise HTTPException(status_code=422, detail=f"bad hours: {exc}") from exc
+        await commit(decisions.set_hours(merchant_id, hours, clock()))
+        return await get_hours(merchant_id)
+
+    @app.delete("/api/v1/merchants/{merchant_id}/hours", dependencies=auth)
+    async def delete_hours(merchant_id: Annotated[str, Path(pattern=_ID)]) -> HoursOut:
+        await commit(decisions.set_hours(merchant_id, None, clock()))
+        return await get_hours(merchant_id)
 
     @app.get("/api/v1/settlement/gaps", dependencies=auth)
     async def settlement_gaps(

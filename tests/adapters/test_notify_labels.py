@@ -44,3 +44,16 @@ def test_a_terminal_alert_carries_its_terminals_kit_taken_when_first_pageable() 
     assert "net_type" not in labels["i1"]
     assert not {"model", "fw", "net_type"} & set(labels["i2"])
     assert asked == ["T1"]
+
+
+def test_an_acquirers_decision_is_never_pushed_even_with_min_severity_info() -> None:
+    """config/suspended and config/closed are severity info: never paged, whatever notify.min_severity;
+    a major incident beside them is."""
+    notifier = AlertmanagerNotifier(NotifySettings(alertmanager_url="http://127.0.0.1:1", min_severity="info"))
+    decision = _incident("d", "config", "suspended", "terminal", terminal_id="T1", merchant_id="M1")
+    decision.severity = "info"
+    fault = _incident("f", "config", "not_registered", "terminal", terminal_id="T2", merchant_id="M1")
+    fault.severity = "major"
+    for inc in (decision, fault):
+        notifier.on_commit([IncidentWrite(inc, IncidentEvent(inc.id, 0.0, "opened"))])
+    assert [a["labels"]["incident_id"] for a in notifier.pending_alerts(1.0)] == ["f"]
