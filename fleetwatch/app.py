@@ -190,6 +190,8 @@ async def _run_with_store(
         await store.load_recent_txn_keys(settings.detect.recent_txn_keys),
         time.time(),
         upstream_members=members,
+        statuses=await store.load_acquirer_statuses(),
+        hours=await store.load_merchant_hours(),
     )
     log.info("state restored", seconds=round(time.perf_counter() - started, 3))
     pipeline = Pipeline(settings, engine, store, metrics)

@@ -33,6 +33,9 @@ class FakeEngine:
     def tick(self, now: float) -> list[Effect]:
         return []
 
+    def connection_changed(self, connected: bool, now: float) -> None:
+        pass
+
     def take_dirty_terminals(self) -> list[TerminalRecord]:
         return []
 

@@ -113,10 +113,12 @@ def test_detection_page_config_causes_are_the_response_code_causes() -> None:
 
 
 def test_store_schema_checks_the_model_values() -> None:
-    """The CHECK constraints of the migrations allow exactly the model's scopes, severities and statuses."""
+    """The CHECK constraints of the migrations allow exactly the model's scopes, severities, statuses and
+    acquirer statuses."""
     sql = "\n".join(p.read_text(encoding="utf-8") for p in sorted(MIGRATIONS.glob("*.sql")))
     checks = {m[1]: tuple(re.findall(r"'([^']+)'", m[2])) for m in re.finditer(r"CHECK \((\w+) IN \(([^)]*)\)\)", sql)}
-    assert checks == {"scope": model.SCOPES, "severity": model.SEVERITIES, "status": model.STATUSES}
+    assert checks == {"scope": model.SCOPES, "severity": model.SEVERITIES, "status": model.STATUSES,
+                      "acquirer_status": model.ACQUIRER_STATUSES}
 
 
 def test_wire_states_are_terminal_states() -> None:

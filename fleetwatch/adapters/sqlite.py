@@ -49,12 +49,16 @@ import aiosqlite
 import msgspec
 
 from fleetwatch.core.model import (
+    AcquirerStatus,
+    AcquirerStatusWrite,
     BatchRecord,
     DeadLetter,
     Effect,
     Incident,
     IncidentEvent,
     IncidentWrite,
+    MerchantHoursRecord,
+    MerchantHoursWrite,
     SettlementWrite,
     TerminalNoticeWrite,
     TerminalRecord,
@@ -174,6 +178,12 @@ _INSERT_UPSTREAM_MEMBER: Final = (
 _UPSERT_TERMINAL_NOTICE: Final = _upsert_sql(
     "terminal_notices", ("terminal_id", "merchant_id", "payload", "published_at"), ("terminal_id",)
 )
+# The terminal lifecycle (migration 0003).
+STATUS_COLUMNS: Final = ("terminal_id", "acquirer_status", "reason", "note", "since", "ts_ms", "merchant_id",
+                         "received_at")
+HOURS_COLUMNS: Final = ("merchant_id", "learned", "learn_days", "day", "today", "configured")
+_UPSERT_STATUS: Final = _upsert_sql("terminal_statuses", STATUS_COLUMNS, ("terminal_id",))
+_UPSERT_HOURS: Final = _upsert_sql("merchant_hours", HOURS_COLUMNS, ("merchant_id",))
 _TRIM_DEAD_LETTERS: Final = (
     "DELETE FROM dead_letters WHERE id <= (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
@@ -220,6 +230,26 @@ def _dead_letter_row(dl: DeadLetter) -> Row:
     return (dl.topic, dl.reason, dl.detail, dl.received_at, dl.payload_excerpt)
 
 
+def _status_row(s: AcquirerStatus) -> Row:
+    return (s.terminal_id, s.status, s.reason, s.note, s.since, s.ts_ms, s.merchant_id, s.received_at)
+
+
+def _hours_row(h: MerchantHoursRecord) -> Row:
+    """The packed history does not fit a 64-bit integer: it is stored as hex text."""
+    return (h.merchant_id, None if h.learned is None else format(h.learned, "x"), h.learn_days, h.day, h.today,
+            None if h.configured is None else _json(h.configured))
+
+
+def _status(row: Row) -> AcquirerStatus:
+    return AcquirerStatus(*row)
+
+
+def _hours(row: Row) -> MerchantHoursRecord:
+    merchant_id, learned, learn_days, day, today, configured = row
+    return MerchantHoursRecord(merchant_id, None if learned is None else int(learned, 16), learn_days, day, today,
+                               None if configured is None else json.loads(configured))
+
+
 def _batch_row(batch: BatchRecord) -> Row:
     values: Row = _batch_values(batch)
     return (*values, business_day(batch))
@@ -243,6 +273,8 @@ class PreparedWrite:
     batches: list[Row] = field(default_factory=list)
     upstream_members: list[Row] = field(default_factory=list)
     terminal_notices: list[Row] = field(default_factory=list)
+    statuses: list[Row] = field(default_factory=list)
+    hours: list[Row] = field(default_factory=list)
 
     def add(
         self,
@@ -269,6 +301,10 @@ class PreparedWrite:
                 )
             elif isinstance(effect, TerminalNoticeWrite):
                 self.terminal_notices.append((effect.terminal_id, effect.merchant_id, effect.payload, effect.at))
+            elif isinstance(effect, AcquirerStatusWrite):
+                self.statuses.append(_status_row(effect.status))
+            elif isinstance(effect, MerchantHoursWrite):
+                self.hours.append(_hours_row(effect.record))
             else:
                 assert_never(effect)
         self.terminals.extend(map(_terminal_values, terminals))
@@ -292,6 +328,8 @@ class PreparedWrite:
             (_UPSERT_BATCH, self.batches),
             (_INSERT_UPSTREAM_MEMBER, self.upstream_members),
             (_UPSERT_TERMINAL_NOTICE, self.terminal_notices),
+            (_UPSERT_STATUS, self.statuses),
+            (_UPSERT_HOURS, self.hours),
         ]
         return [(sql, rows) for sql, rows in pairs if rows]
 
@@ -923,6 +961,18 @@ class SqliteStore:
                 if ref is not None and ref not in found
             }
         return list(found.values()), members
+
+    # ---- the terminal lifecycle (migration 0003) ------------------------------------------
+
+    async def load_acquirer_statuses(self) -> list[AcquirerStatus]:
+        """Every acquirer status kept, applied or waiting for its terminal, by terminal_id."""
+        rows = await self._fetchall(f"SELECT {_cols(STATUS_COLUMNS)} FROM terminal_statuses ORDER BY terminal_id")
+        return [_status(r) for r in rows]
+
+    async def load_merchant_hours(self) -> list[MerchantHoursRecord]:
+        """Every merchant's learned and configured hours, by merchant_id."""
+        rows = await self._fetchall(f"SELECT {_cols(HOURS_COLUMNS)} FROM merchant_hours ORDER BY merchant_id")
+        return [_hours(r) for r in rows]
 
     async def secret(self, name: str, candidate: str) -> str:
         """The stored secret ``name``; stores ``candidate`` first if there is none (shared by all instances)."""
