@@ -15,7 +15,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fleetwatch.adapters.sqlite import SqliteStore, prepare
+from fleetwatch.adapters.sqlite import SqliteStore
+from fleetwatch.storage.rows import prepare
 from fleetwatch.core.model import (
     BatchRecord,
     DeadLetter,

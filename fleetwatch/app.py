@@ -5,6 +5,9 @@ writer commit what is in hand (its QoS 1 acknowledgements go out if the connecti
 still there; otherwise the broker redelivers and the engine drops the duplicates), stop
 HTTP, close the store, exit 0. A store failure is unrecoverable: exit 1 and let the
 supervisor restart us; nothing acknowledged was lost because PUBACK waits for commit.
+
+The store backend is chosen here, and only here, by the scheme of ``store.url``
+(``sqlite:///`` or ``postgresql://``/``postgres://``); everything else sees the port.
 """
 
 from __future__ import annotations
@@ -25,12 +28,16 @@ from fleetwatch.adapters.http import build_app
 from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.adapters.mqtt import GmqttSource
 from fleetwatch.adapters.notify import AlertmanagerNotifier
+from fleetwatch.adapters.postgres import PostgresStore
 from fleetwatch.adapters.sqlite import SqliteStore
-from fleetwatch.config import Settings, effective_settings
+from fleetwatch.config import Settings, StoreSettings, effective_settings
 from fleetwatch.core.engine import Engine
-from fleetwatch.core.model import Effect
+from fleetwatch.core.model import Effect, Incident
 from fleetwatch.errors import StoreError
 from fleetwatch.pipeline import Pipeline
+from fleetwatch.ports import Store
+from fleetwatch.storage.restore import feed_in_thread
+from fleetwatch.storage.retention import RetentionJob, retention_seconds
 
 log = structlog.get_logger("fleetwatch.app")
 
@@ -51,7 +58,8 @@ def api_token(settings: Settings) -> str:
     configured = settings.http.api_token.get_secret_value()
     if configured:
         return configured
-    path = Path(settings.http.token_file or Path(settings.store.sqlite_path).parent / "api-token")
+    beside = Path(settings.store.sqlite_path).parent if settings.store.backend == "sqlite" else Path()
+    path = Path(settings.http.token_file or beside / "api-token")
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -61,33 +69,48 @@ def api_token(settings: Settings) -> str:
     return token
 
 
+async def open_store(settings: StoreSettings) -> Store:
+    """The backend ``store.url`` names, opened and migrated (StoreError if it cannot be)."""
+    if settings.backend == "postgresql":
+        return await PostgresStore.open(settings.url, dead_letters_kept=settings.dead_letters_kept)
+    return await SqliteStore.open(settings.sqlite_path, dead_letters_kept=settings.dead_letters_kept)
+
+
 async def run_daemon(settings: Settings) -> int:
     """Run until a signal (exit 0) or an unrecoverable store error (exit 1)."""
     log.info("fleetwatch starting", settings=effective_settings(settings))
     started = time.perf_counter()
     try:
-        store = await SqliteStore.open(settings.store.sqlite_path, dead_letters_kept=settings.store.dead_letters_kept)
+        store = await open_store(settings.store)
     except StoreError as exc:
         log.error("cannot open the store", error=str(exc))
         return 1
     try:
         return await _run_with_store(settings, store, started)
+    except StoreError as exc:
+        log.error("store failed", error=str(exc))
+        return 1
     finally:
         with contextlib.suppress(Exception):
             await store.close()
 
 
-async def _run_with_store(settings: Settings, store: SqliteStore, started: float) -> int:
-    engine = Engine(settings.detect, settings.settlement)
+async def restore_engine(engine: Engine, store: Store, now: float) -> list[Incident]:
+    """Rebuild the engine from the store; returns the open incidents (the notifier wants them)."""
     open_incidents = await store.load_open_incidents()
-    engine.restore(
-        store.iter_terminals(),
-        open_incidents,
-        await store.load_open_batches(),
-        await store.load_recent_txn_keys(RECENT_TXN_KEYS),
-        time.time(),
+    batches = await store.load_open_batches()
+    txn_keys = await store.load_recent_txn_keys(RECENT_TXN_KEYS)
+    await feed_in_thread(
+        lambda terminals: engine.restore(terminals, open_incidents, batches, txn_keys, now),
+        store.terminal_chunks(),
     )
-    log.info("state restored", seconds=round(time.perf_counter() - started, 3))
+    return open_incidents
+
+
+async def _run_with_store(settings: Settings, store: Store, started: float) -> int:
+    engine = Engine(settings.detect, settings.settlement)
+    open_incidents = await restore_engine(engine, store, time.time())
+    log.info("state restored", store=store.location, seconds=round(time.perf_counter() - started, 3))
     metrics = Metrics()
     pipeline = Pipeline(settings, engine, store, metrics)
     pipeline.refresh_snapshot(time.time())
@@ -118,9 +141,17 @@ async def _run_with_store(settings: Settings, store: SqliteStore, started: float
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    retention = RetentionJob(
+        store, retention_seconds(settings.store.retain_days, settings.detect.day_s), clock=time.time,
+        every_s=settings.store.retention_every_s, chunk=settings.store.retention_chunk,
+        on_deleted=lambda table, n: metrics.store_rows_deleted.labels(table=table).inc(n),
+        on_size=metrics.store_size.set,
+    )
+
     tasks = {
         asyncio.create_task(pipeline.run_writer(), name="writer"),
         asyncio.create_task(pipeline.run_sweeper(), name="sweeper"),
+        asyncio.create_task(retention.run(), name="retention"),
         asyncio.create_task(source.run(pipeline.on_message), name="mqtt"),
         asyncio.create_task(server.serve(), name="http"),
     }

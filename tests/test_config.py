@@ -40,7 +40,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     ("text", "fragment"),
     [
         ('[mqtt]\nurl = "http://x"\n', "mqtt.url"),
-        ('[store]\nurl = "postgres://x"\n', "store.url"),
+        ('[store]\nurl = "mysql://x"\n', "store.url"),
         ("[detect]\nheartbeat_interval_s = 0\n", "heartbeat_interval_s"),
         ("[nonsense]\nx = 1\n", "nonsense"),
         ("[mqtt\n", "not valid TOML"),

@@ -17,27 +17,10 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 
 from fleetwatch import __version__
-from fleetwatch.core.model import BatchRecord, Effect, Incident, IncidentEvent, TerminalRecord
+from fleetwatch.core.model import Effect, Incident, TerminalRecord
 from fleetwatch.core.settlement import money_at_stake, reconcile_day
+from fleetwatch.ports import StoreReads
 from fleetwatch.timefmt import parse_time, rfc3339
-
-
-class Reads(Protocol):
-    """The read side of the store the API needs."""
-
-    async def list_incidents(
-        self, *, status: str = "open", kind: str | None = None, terminal_id: str | None = None,
-        merchant_id: str | None = None, scope: str | None = None, limit: int = 100, cursor: str | None = None,
-    ) -> tuple[list[Incident], str | None]: ...
-    async def get_incident(self, incident_id: str) -> Incident | None: ...
-    async def incident_events(self, incident_id: str) -> list[IncidentEvent]: ...
-    async def get_terminal(self, terminal_id: str) -> TerminalRecord | None: ...
-    async def list_terminals(
-        self, *, merchant_id: str | None = None, limit: int = 100, cursor: str | None = None,
-    ) -> tuple[list[TerminalRecord], str | None]: ...
-    async def batches_for(
-        self, merchant_id: str, business_date: str | None = None, terminal_id: str | None = None,
-    ) -> list[BatchRecord]: ...
 
 
 class Decisions(Protocol):
@@ -189,7 +172,7 @@ def build_app(
     *,
     token: str,
     exposition: Callable[[], bytes],
-    reads: Reads,
+    reads: StoreReads,
     decisions: Decisions,
     commit: Commit,
     ready: Callable[[], bool],

@@ -22,6 +22,7 @@ from fleetwatch.core.messages import MESSAGE_TYPES
 from fleetwatch.core.model import CAUSES, KINDS, SCOPES, SEVERITIES
 from fleetwatch.core.settlement import minor_to_major
 from fleetwatch.core.snapshot import FleetSnapshot
+from fleetwatch.storage.retention import DELETED_TABLES
 
 TERMINAL_STATES = ("online", "offline", "shutdown", "maintenance")
 GAP_CAUSES = CAUSES["settlement_gap"]
@@ -144,10 +145,20 @@ class Metrics:
         self.store_queue = Gauge(
             "fleetwatch_store_queue_depth", "Effects waiting for the next store write.", registry=r,
         )
+        self.store_rows_deleted = Counter(
+            "fleetwatch_store_rows_deleted", "Rows deleted by retention (store.retain_days), by table.", ["table"],
+            registry=r,
+        )
+        self.store_size = Gauge(
+            "fleetwatch_store_size_bytes", "Size of the store on disk (SQLite files, or the PostgreSQL database).",
+            registry=r,
+        )
         self.build_info = Gauge(
             "fleetwatch_build_info", "Always 1; the version label says which build runs.", ["version"], registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
+        for table in DELETED_TABLES:
+            self.store_rows_deleted.labels(table=table)
         for message_type in MESSAGE_TYPES:
             self.received.labels(type=message_type)
         for reason in REJECT_REASONS:

@@ -1,11 +1,11 @@
--- 0001_initial: the first fleetwatch schema.
+-- 0001_initial: the first fleetwatch schema (SQLite).
 --
--- Plain SQL that a PostgreSQL store can copy almost verbatim: DOUBLE PRECISION for
--- epoch-second floats (PostgreSQL's REAL is single precision), BIGINT for epoch
+-- schema/postgresql/0001_initial.sql is the same schema in PostgreSQL's spelling; the two
+-- differ only where the dialects must: "id INTEGER PRIMARY KEY" (SQLite's rowid alias)
+-- is an identity column there, and its text columns are COLLATE "C" (SQLite compares
+-- text byte by byte already). DOUBLE PRECISION for epoch-second floats, BIGINT for epoch
 -- milliseconds and money in minor units, BOOLEAN for flags (SQLite stores 0/1), partial
--- indexes, ON CONFLICT upserts in the code. The one SQLite-specific spelling is
--- "id INTEGER PRIMARY KEY" (the rowid alias); PostgreSQL would say
--- "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY".
+-- indexes, ON CONFLICT upserts in the code.
 --
 -- Column order of terminals, transactions, batches and incidents follows the field order
 -- of TerminalRecord, TxnRecord, BatchRecord and Incident in fleetwatch/core/model.py:
