@@ -1,7 +1,7 @@
 """Session fixtures: one private Mosquitto and one private PostgreSQL per test session, a daemon per test.
 
 A test runs its daemon on SQLite unless it is parametrised over ``backend`` (indirectly,
-with :data:`BOTH_BACKENDS`): then once on SQLite and once on a fresh PostgreSQL database.
+with ``tests.services.BOTH_BACKENDS``): then once on SQLite and once on a fresh PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -15,9 +15,6 @@ import pytest
 from tests.services import Broker, Daemon, Postgres
 
 _prefixes = itertools.count()
-
-BOTH_BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
-"""Run a daemon test on both store backends: ``@BOTH_BACKENDS`` on the test."""
 
 
 @pytest.fixture(scope="session")

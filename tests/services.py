@@ -32,6 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import pytest
+
+BOTH_BACKENDS = pytest.mark.parametrize("backend", ["sqlite", "postgresql"], indirect=True)
+"""Run a daemon test on both store backends (the ``backend`` fixture in conftest.py)."""
 
 
 def free_port() -> int:
