@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.store == "postgresql" or "stores" in what:
         from tests.services import Postgres  # noqa: PLC0415 - a private cluster only for PostgreSQL figures
 
-        cluster = Postgres()
+        cluster = Postgres(fsync=True)
         cluster.start()
         opts = dataclasses.replace(opts, new_database=cluster.new_database)
     try:

@@ -238,7 +238,8 @@ async def figure_stores(opts: Options) -> Figure:
                      None if opts.smoke else rates["postgresql"] >= 30_000))
     fig.notes.append(f"{opts.terminals:,} terminals, {st.messages:,} messages ({st.heartbeats:,} heartbeats QoS 0, "
                      f"{st.txns:,} txns QoS 1), no mosquitto_sub beside the daemon; SQLite first, then a private "
-                     "PostgreSQL cluster (fsync off, as in the tests) on the same machine")
+                     "PostgreSQL 15 cluster with fsync on (a commit waits for the disk; SQLite's WAL with "
+                     "synchronous=NORMAL does not) on the same machine")
     return fig
 
 

@@ -144,7 +144,7 @@ def main() -> None:
         return
     from tests.services import Postgres  # noqa: PLC0415 - the private cluster only when asked for
 
-    cluster = Postgres()
+    cluster = Postgres(fsync=True)
     cluster.start()
     try:
         asyncio.run(_run_postgres(cluster.new_database("bench"), args.terminals, args.batches))

@@ -132,6 +132,8 @@ class Postgres:
     port: int = field(default_factory=free_port)
     user: str = "fwtest"
     password: str = "fw-test-secret"
+    fsync: bool = False
+    """Off for tests (they kill daemons, never the machine); the bench turns it on."""
     workdir: Path | None = None
     proc: subprocess.Popen[bytes] | None = None
     _names: Iterator[int] = field(default_factory=itertools.count)
@@ -156,7 +158,8 @@ class Postgres:
             self.proc = subprocess.Popen(
                 [str(bindir / "postgres"), "-D", str(data), "-p", str(self.port),
                  "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
-                 "-c", "fsync=off", "-c", "full_page_writes=off", "-c", "max_connections=200"],
+                 "-c", f"fsync={'on' if self.fsync else 'off'}",
+                 "-c", f"full_page_writes={'on' if self.fsync else 'off'}", "-c", "max_connections=200"],
                 user=owner, cwd=self.workdir, stdout=log, stderr=log,
             )
         wait_port(self.port, timeout=30)
