@@ -74,7 +74,9 @@ MIGRATION_LOCK: Final = 0x666C6565  # "flee": one key for "some instance is migr
 
 LEASE_NAME: Final = "active"
 
-_DATA_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, TimeoutError)
+_DATA_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
+                       TimeoutError)
+"""Everything asyncpg or the socket raise for a failed statement or connection: each becomes a StoreError."""
 
 
 @contextlib.contextmanager
@@ -102,7 +104,9 @@ async def _transaction(conn: Any) -> AsyncIterator[None]:
         yield
     except BaseException:
         if not conn.is_closed():
-            with contextlib.suppress(*_DATA_ERRORS):
+            # The original error is the one worth raising; after a timeout the connection may
+            # still be busy cancelling, and this ROLLBACK fails too.
+            with contextlib.suppress(Exception):
                 await conn.execute("ROLLBACK")
         raise
     await conn.execute("COMMIT")

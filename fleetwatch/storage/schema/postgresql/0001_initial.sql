@@ -5,7 +5,10 @@
 -- - generated ids are identity columns (SQLite: the rowid alias "INTEGER PRIMARY KEY");
 -- - every text column is COLLATE "C": keys compare and sort by code point, as SQLite's
 --   BINARY collation does, whatever locale the database was created with, so listings
---   and cursors are identical on both backends (and "T-1" sorts the same everywhere).
+--   and cursors are identical on both backends (and "T-1" sorts the same everywhere);
+-- - the tables rewritten in place all day (terminals, batches, incidents) leave 30 % of
+--   each page free, so an update that changes no indexed column stays on its page
+--   (a HOT update: no index entry to add, less for autovacuum to clean up).
 --
 -- Column order follows the field order of TerminalRecord, TxnRecord, BatchRecord and
 -- Incident in fleetwatch/core/model.py (the store contract tests check it).
@@ -35,7 +38,7 @@ CREATE TABLE terminals (
     saf_oldest_ts_ms   BIGINT,
     tamper             BOOLEAN NOT NULL DEFAULT FALSE,
     maintenance_until  DOUBLE PRECISION
-);
+) WITH (fillfactor = 70);
 -- The API lists a merchant's terminals in terminal_id order.
 CREATE INDEX terminals_merchant ON terminals (merchant_id, terminal_id);
 
@@ -90,7 +93,7 @@ CREATE TABLE batches (
     -- the first approved txn (terminal clock), else the UTC date of the BatchClose.
     business_day          TEXT COLLATE "C",
     PRIMARY KEY (terminal_id, batch_no, currency)
-);
+) WITH (fillfactor = 70);
 -- Restore loads only the batches still under watch.
 CREATE INDEX batches_open ON batches (terminal_id, batch_no, currency) WHERE done = FALSE;
 -- The reconciliation view: one merchant's batches of one business day, in key order.
@@ -131,7 +134,7 @@ CREATE TABLE incidents (
     previous_id     TEXT COLLATE "C",
     evidence_json   TEXT COLLATE "C" NOT NULL DEFAULT '{}',
     clearing_since  DOUBLE PRECISION
-);
+) WITH (fillfactor = 70);
 -- The contract's rule "one open incident per key", enforced by the store as well as by
 -- the engine: a write that would open a second one fails as a whole.
 CREATE UNIQUE INDEX incidents_open_key ON incidents (key) WHERE status <> 'resolved';
