@@ -4,7 +4,7 @@ The same port, tables, migrations and answers as the SQLite store (the store con
 tests run both); what differs is how the rows travel (docs/decisions/0003-asyncpg.md):
 
 - **One statement per table, fed from typed arrays.** A write sends each table's rows as
-  one ``INSERT ... SELECT * FROM unnest($1::text[], $2::bigint[], ...)``: columns go over
+  one ``INSERT ... SELECT ... FROM unnest($1::text[], $2::bigint[], ...)``: columns go over
   the wire in asyncpg's binary format, PostgreSQL plans the statement once per
   connection, and a batch of 5,000 effects is a handful of round trips, never one per
   row. The array types are read from the live schema when the store opens, so the
@@ -153,8 +153,15 @@ def _cols(columns: Sequence[str]) -> str:
 
 
 def _insert_sql(table: Table, types: Mapping[str, str]) -> str:
+    """One INSERT for all of a table's rows, one typed array per column.
+
+    ``WITH ORDINALITY ... ORDER BY`` applies the rows in the order they were added: an
+    incident's events keep their order (their ids are generated), and an incident resolved
+    in a batch frees its key before another opens on it in the same batch.
+    """
     arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(table.columns, start=1))
-    sql = f"INSERT INTO {table.name} ({_cols(table.columns)}) SELECT * FROM unnest({arrays})"
+    sql = (f"INSERT INTO {table.name} ({_cols(table.columns)}) SELECT {_cols(table.columns)} "
+           f"FROM unnest({arrays}) WITH ORDINALITY AS r({_cols(table.columns)}, fw_row) ORDER BY fw_row")
     if table.conflict is Conflict.IGNORE:
         return f"{sql} ON CONFLICT ({_cols(table.key)}) DO NOTHING"
     if table.conflict is Conflict.UPDATE:
