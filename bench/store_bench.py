@@ -1,10 +1,10 @@
 """How fast is a store backend? ``python -m bench.store_bench [--store sqlite|postgresql] [--terminals N]``.
 
 Two figures matter for sizing: how many effect rows one ``write()`` commits per second
-(the writer batches up to 5,000 effects), and how long a restart spends streaming the
-terminals for a large fleet (restore blocks readiness). Prints the figures; asserts
-nothing. SQLite runs in a temporary directory; PostgreSQL in a private cluster started
-for the run (tests/services.py), or the database ``--url`` names.
+(in batches of 5,000 effects, a busy flush interval's worth), and how long a restart
+spends streaming the terminals for a large fleet (restore blocks readiness). Prints the
+figures; asserts nothing. SQLite runs in a temporary directory; PostgreSQL in a private
+cluster started for the run (tests/services.py), or the database ``--url`` names.
 """
 
 from __future__ import annotations

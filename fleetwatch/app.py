@@ -1,10 +1,16 @@
 """Composition root: open the adapters, restore the engine, run, and shut down in order.
 
+Start order: the HTTP address is bound and the TLS files read *before* the store is
+opened and restored, so an operator's mistake there is reported in a second, not after
+restoring a million terminals.
+
 Shutdown order (SIGTERM/SIGINT): stop MQTT intake first (nothing new arrives), let the
 writer commit what is in hand (its QoS 1 acknowledgements go out if the connection is
 still there; otherwise the broker redelivers and the engine drops the duplicates), stop
-HTTP, close the store, exit 0. A store failure is unrecoverable: exit 1 and let the
-supervisor restart us; nothing acknowledged was lost because PUBACK waits for commit.
+HTTP, close the store, return 0. A fatal error (the store failing, a task that crashed)
+goes through the same ordered shutdown and is then raised: the CLI turns it into one
+log line and its exit code (a store failure exits 3 and the supervisor restarts us;
+nothing acknowledged was lost because PUBACK waits for commit).
 
 The store backend is chosen here, and only here, by the scheme of ``store.url``
 (``sqlite:///`` or ``postgresql://``/``postgres://``); everything else sees the port.
@@ -14,9 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import secrets
 import signal
+import socket
 import time
 from collections.abc import Generator
 from pathlib import Path
@@ -24,25 +30,26 @@ from pathlib import Path
 import structlog
 import uvicorn
 
+from fleetwatch import __version__
 from fleetwatch.adapters.http import build_app
 from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.adapters.mqtt import GmqttSource
 from fleetwatch.adapters.notify import AlertmanagerNotifier
 from fleetwatch.adapters.postgres import PostgresStore
 from fleetwatch.adapters.sqlite import SqliteStore
-from fleetwatch.config import Settings, StoreSettings, effective_settings
+from fleetwatch.config import HttpSettings, Settings, StoreSettings, deprecated_settings, start_summary
 from fleetwatch.core.engine import Engine
 from fleetwatch.core.model import Effect, Incident
-from fleetwatch.errors import StoreError
+from fleetwatch.credentials import write_token_file
+from fleetwatch.errors import ListenError, StoreError
 from fleetwatch.pipeline import Pipeline
-from fleetwatch.ports import Store
+from fleetwatch.ports import ConnectFailure, Store
 from fleetwatch.storage.restore import feed_in_thread
 from fleetwatch.storage.retention import RetentionJob, retention_seconds
 
 log = structlog.get_logger("fleetwatch.app")
 
 SHUTDOWN_GRACE_S = 4.0
-RECENT_TXN_KEYS = 200_000
 
 
 class _QuietServer(uvicorn.Server):
@@ -60,13 +67,37 @@ def api_token(settings: Settings) -> str:
         return configured
     beside = Path(settings.store.sqlite_path).parent if settings.store.backend == "sqlite" else Path()
     path = Path(settings.http.token_file or beside / "api-token")
-    path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_urlsafe(24)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as fh:
-        fh.write(token + "\n")
+    write_token_file(path, token)  # CredentialFileError naming the file
     log.warning("no http.api_token configured: generated one", token_file=str(path))
     return token
+
+
+def bind_listener(settings: HttpSettings) -> socket.socket:
+    """Bind ``http.listen`` now (uvicorn serves on it later): a busy or foreign address is a ListenError."""
+    host, port = settings.host_port
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                             flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:
+        raise ListenError(f"http.listen {settings.listen}: {exc.strerror or exc}") from exc
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ListenError(f"http.listen {settings.listen}: {exc.strerror or exc}") from exc
+    return sock
+
+
+def not_ready_reason(connected: bool, failure: ConnectFailure | None) -> str | None:
+    """What ``/readyz`` says while the daemon is not ready (the store is open by then)."""
+    if connected:
+        return None
+    if failure is None:
+        return "mqtt: not connected, connecting"
+    return f"mqtt: {failure.reason}: {failure.detail}"
 
 
 async def open_store(settings: StoreSettings) -> Store:
@@ -76,30 +107,11 @@ async def open_store(settings: StoreSettings) -> Store:
     return await SqliteStore.open(settings.sqlite_path, dead_letters_kept=settings.dead_letters_kept)
 
 
-async def run_daemon(settings: Settings) -> int:
-    """Run until a signal (exit 0) or an unrecoverable store error (exit 1)."""
-    log.info("fleetwatch starting", settings=effective_settings(settings))
-    started = time.perf_counter()
-    try:
-        store = await open_store(settings.store)
-    except StoreError as exc:
-        log.error("cannot open the store", error=str(exc))
-        return 1
-    try:
-        return await _run_with_store(settings, store, started)
-    except StoreError as exc:
-        log.error("store failed", error=str(exc))
-        return 1
-    finally:
-        with contextlib.suppress(Exception):
-            await store.close()
-
-
-async def restore_engine(engine: Engine, store: Store, now: float) -> list[Incident]:
+async def restore_engine(engine: Engine, store: Store, now: float, recent_txn_keys: int) -> list[Incident]:
     """Rebuild the engine from the store; returns the open incidents (the notifier wants them)."""
     open_incidents = await store.load_open_incidents()
     batches = await store.load_open_batches()
-    txn_keys = await store.load_recent_txn_keys(RECENT_TXN_KEYS)
+    txn_keys = await store.load_recent_txn_keys(recent_txn_keys)
     await feed_in_thread(
         lambda terminals: engine.restore(terminals, open_incidents, batches, txn_keys, now),
         store.terminal_chunks(),
@@ -107,31 +119,56 @@ async def restore_engine(engine: Engine, store: Store, now: float) -> list[Incid
     return open_incidents
 
 
-async def _run_with_store(settings: Settings, store: Store, started: float) -> int:
+async def run_daemon(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT (returns 0); raise what stopped it otherwise (the CLI maps it to an exit code)."""
+    log.info("fleetwatch starting", version=__version__, **start_summary(settings))
+    for warning in deprecated_settings(settings):
+        log.warning("deprecated setting", detail=warning)
+    started = time.perf_counter()
+    listener = bind_listener(settings.http)
+    try:
+        metrics = Metrics()
+
+        def connection_changed(up: bool) -> None:
+            metrics.mqtt_connected.set(1 if up else 0)
+            log.info("mqtt connection state", connected=up)
+
+        def connect_failed(failure: ConnectFailure) -> None:
+            metrics.mqtt_connect_failures.labels(reason=failure.reason).inc()
+
+        source = GmqttSource(settings.mqtt, on_connected_change=connection_changed,
+                             on_reconnect=metrics.mqtt_reconnects.inc, on_connect_failed=connect_failed)
+        store = await open_store(settings.store)
+        try:
+            return await _run_with_store(settings, store, started, metrics=metrics, source=source, listener=listener)
+        finally:
+            with contextlib.suppress(Exception):
+                await store.close()
+    finally:
+        listener.close()
+
+
+async def _run_with_store(
+    settings: Settings, store: Store, started: float, *, metrics: Metrics, source: GmqttSource,
+    listener: socket.socket,
+) -> int:
     engine = Engine(settings.detect, settings.settlement)
-    open_incidents = await restore_engine(engine, store, time.time())
-    log.info("state restored", store=store.location, seconds=round(time.perf_counter() - started, 3))
-    metrics = Metrics()
+    open_incidents = await restore_engine(engine, store, time.time(), settings.detect.recent_txn_keys)
+    log.info("state restored", seconds=round(time.perf_counter() - started, 3))
     pipeline = Pipeline(settings, engine, store, metrics)
     pipeline.refresh_snapshot(time.time())
-
-    def connection_changed(up: bool) -> None:
-        metrics.mqtt_connected.set(1 if up else 0)
-        log.info("mqtt connection state", connected=up)
-
-    source = GmqttSource(settings.mqtt, on_connected_change=connection_changed,
-                         on_reconnect=metrics.mqtt_reconnects.inc)
 
     async def commit(effects: list[Effect]) -> None:
         await pipeline.submit(effects)
 
     app = build_app(
         token=api_token(settings), exposition=metrics.exposition, reads=store, decisions=engine, commit=commit,
-        ready=lambda: source.connected, clock=time.time,
+        not_ready_reason=lambda: not_ready_reason(source.connected, source.failure), clock=time.time,
     )
     host, port = settings.http.host_port
+    # log_config=None: uvicorn's loggers go through ours (logs.py), so a JSON stream stays JSON.
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                         lifespan="off"))
+                                         lifespan="off", log_config=None))
     notifier = AlertmanagerNotifier(settings.notify, open_incidents) if settings.notify.alertmanager_url else None
     if notifier is not None:
         pipeline.add_commit_listener(notifier.on_commit)
@@ -153,49 +190,57 @@ async def _run_with_store(settings: Settings, store: Store, started: float) -> i
         asyncio.create_task(pipeline.run_sweeper(), name="sweeper"),
         asyncio.create_task(retention.run(), name="retention"),
         asyncio.create_task(source.run(pipeline.on_message), name="mqtt"),
-        asyncio.create_task(server.serve(), name="http"),
+        asyncio.create_task(server.serve(sockets=[listener]), name="http"),
     }
     if notifier is not None:
         tasks.add(asyncio.create_task(notifier.run(), name="notifier"))
     stopper = asyncio.create_task(stop.wait(), name="signal")
     done, _ = await asyncio.wait(tasks | {stopper}, return_when=asyncio.FIRST_COMPLETED)
-    failure = next((t for t in tasks if t in done and not t.cancelled() and t.exception()), None)
+    failure = _failure_of(tasks & done)
     if failure is not None:
-        log.error("fatal error, stopping", task=failure.get_name(), error=repr(failure.exception()))
+        log.info("stopping after a fatal error", task=next(t.get_name() for t in tasks & done))
     else:
         log.info("stopping on signal")
-    code = await _shutdown(pipeline, source, server, tasks, failure)
+    failure = await _shutdown(pipeline, source, server, tasks, failure)
     stopper.cancel()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
-    return code
+    if failure is not None:
+        raise failure
+    return 0
+
+
+def _failure_of(finished: set[asyncio.Task[None]]) -> BaseException | None:
+    """Why a task the daemon needs ended early: its exception, or the fact that it returned."""
+    for task in finished:
+        if task.cancelled():
+            return RuntimeError(f"task {task.get_name()} was cancelled")
+        exc = task.exception()
+        return exc if exc is not None else RuntimeError(f"task {task.get_name()} ended unexpectedly")
+    return None
 
 
 async def _shutdown(
     pipeline: Pipeline, source: GmqttSource, server: uvicorn.Server,
-    tasks: set[asyncio.Task[None]], failure: asyncio.Task[None] | None,
-) -> int:
+    tasks: set[asyncio.Task[None]], failure: BaseException | None,
+) -> BaseException | None:
+    """Stop in order; returns what the daemon failed with (the first failure wins), None on a clean stop."""
     await source.stop()
     pipeline.close(terminal_budget_s=SHUTDOWN_GRACE_S - 1.5)
     writer = next(t for t in tasks if t.get_name() == "writer")
-    code = 0 if failure is None else 1
     if not writer.done():
         started = time.perf_counter()
         try:
             await asyncio.wait_for(writer, timeout=SHUTDOWN_GRACE_S)
             log.info("writer drained", seconds=round(time.perf_counter() - started, 3))
         except TimeoutError:
-            log.error("writer did not drain in time")
-            code = 1
+            failure = failure or StoreError(f"the store did not take the last writes within {SHUTDOWN_GRACE_S} s")
         except StoreError as exc:
-            log.error("final store write failed", error=str(exc))
-            code = 1
-    elif writer.exception() is not None:
-        code = 1
+            failure = failure or exc
     server.should_exit = True
     for task in tasks:
         if task is not writer and not task.done():
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
-    log.info("fleetwatch stopped", exit_code=code)
-    return code
+    log.info("fleetwatch stopped", clean=failure is None)
+    return failure

@@ -1,4 +1,19 @@
-"""The ``fleetwatch`` command: run, check-config, demo, simulate, score."""
+"""The ``fleetwatch`` command: run, check-config, demo, simulate, score.
+
+Exit codes (README, docs/operating.md), decided here and nowhere else:
+
+    0  stopped by SIGTERM or SIGINT after committing what it held
+    1  an unexpected error: a bug, logged once with its traceback
+    2  the configuration (file missing or unreadable, bad TOML, unknown key, bad value),
+       or a bad command line
+    3  the store cannot be opened, locked or written
+    4  a TLS or credential file cannot be read (or the generated token file written)
+    5  the HTTP listen address cannot be bound
+  130  interrupted (Ctrl-C) before the daemon took over SIGINT, e.g. during the restore
+
+Each fatal error is one line on stderr naming the problem: a log line for ``run`` and
+``demo`` (JSON, or readable text on a terminal), a plain line for ``check-config``.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +22,24 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
+from typing import Final
 
 from fleetwatch import __version__
-from fleetwatch.config import effective_settings, load_settings
-from fleetwatch.errors import ConfigError
+from fleetwatch.config import deprecated_settings, effective_settings, load_settings
+from fleetwatch.errors import ConfigError, CredentialFileError, FleetwatchError, ListenError, StoreError
+
+EXIT_CODES: Final[dict[type[FleetwatchError], int]] = {
+    ConfigError: 2, StoreError: 3, CredentialFileError: 4, ListenError: 5,
+}
+EXIT_BUG: Final = 1
+
+
+def exit_code(exc: BaseException) -> int:
+    """The documented exit code of a fatal error (its most specific mapped class), else EXIT_BUG."""
+    for cls in type(exc).__mro__:
+        if cls in EXIT_CODES:
+            return EXIT_CODES[cls]
+    return EXIT_BUG
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,26 +77,62 @@ def main(argv: Sequence[str] | None = None) -> int:
         return command(args_list[1:])
     args = _parser().parse_args(args_list)
     try:
-        if args.command == "check-config":
-            settings = load_settings(args.path)
-            print(json.dumps(effective_settings(settings), indent=2, sort_keys=True))
-            return 0
-        if args.command == "run":
-            settings = load_settings(args.config)
-            from fleetwatch.app import run_daemon
-            from fleetwatch.logs import configure_logging
-
-            configure_logging(settings.log)
-            with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
-                code: int = loop_runner.run(run_daemon(settings))
-            return code
-        if args.command == "demo":
-            from fleetwatch.demo import run_demo
-
-            return run_demo(terminals=args.terminals, http=args.http, duration=args.duration)
-    except ConfigError as exc:
-        print(f"fleetwatch: {exc}", file=sys.stderr)
-        return 2
+        return _command(args)
+    except FleetwatchError as exc:
+        code = exit_code(exc)
+        _report(args.command, str(exc), code)
+        return code
     except KeyboardInterrupt:
         return 130
-    return 2
+    except Exception:
+        _report_bug(args.command)
+        return EXIT_BUG
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "check-config":
+        from fleetwatch.credentials import mqtt_tls_context
+
+        settings = load_settings(args.path)
+        mqtt_tls_context(settings.mqtt)  # the same file checks as `run` (exit 4)
+        for warning in deprecated_settings(settings):
+            print(f"fleetwatch check-config: warning: {warning}", file=sys.stderr)
+        print(json.dumps(effective_settings(settings), indent=2, sort_keys=True))
+        return 0
+    if args.command == "run":
+        settings = load_settings(args.config)
+        from fleetwatch.app import run_daemon
+        from fleetwatch.logs import configure_logging
+
+        configure_logging(settings.log)
+        with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
+            code: int = loop_runner.run(run_daemon(settings))
+        return code
+    if args.command == "demo":
+        from fleetwatch.demo import run_demo
+
+        return run_demo(terminals=args.terminals, http=args.http, duration=args.duration)
+    raise ConfigError(f"unknown command {args.command!r}")
+
+
+def _report(command: str, message: str, code: int) -> None:
+    """The one line an operator reads for a fatal error."""
+    if command == "check-config":
+        print(f"fleetwatch check-config: {message}", file=sys.stderr)
+        return
+    import structlog
+
+    from fleetwatch.logs import configure_default_logging
+
+    configure_default_logging()
+    structlog.get_logger("fleetwatch").error(message, exit_code=code)
+
+
+def _report_bug(command: str) -> None:
+    import structlog
+
+    from fleetwatch.logs import configure_default_logging
+
+    configure_default_logging()
+    structlog.get_logger("fleetwatch").exception(f"fleetwatch {command} stopped by an unexpected error (a bug)",
+                                                 exit_code=EXIT_BUG)

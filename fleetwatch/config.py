@@ -5,20 +5,44 @@ effective values are printed by ``fleetwatch check-config`` with secrets masked.
 settings object is frozen: a running daemon never changes its mind about its config.
 
 Precedence, highest first: environment, TOML file, defaults.
+
+**Every check of a setting lives here**, in the models' validators, never in the code
+that later uses the value: ``check-config`` and ``run`` both call :func:`load_settings`,
+so they accept and refuse exactly the same files. A refusal is one line naming the
+setting (:class:`~fleetwatch.errors.ConfigError`, exit 2).
+
+A setting nothing reads any more is *deprecated* before it is removed: for one release
+it is still accepted (an operator's existing file must not stop the daemon), left out
+of the example file, and reported by :func:`deprecated_settings` (logged at start,
+printed by ``check-config``).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Self
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from fleetwatch.core.model import ACQUIRER_DECISIONS, BLAMES, CAUSES, KINDS
 from fleetwatch.errors import ConfigError
+
+UNUSED_SETTING = "nothing reads it any more: ignored in this release, refused from the next one; remove it"
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``; an empty host is 127.0.0.1) -> (host, port), ValueError otherwise."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"must be host:port with a port from 1 to 65535, e.g. 127.0.0.1:9464 (got {value!r})")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError(f"an IPv6 host goes in brackets, e.g. [::1]:9464 (got {value!r})")
+    return host.strip("[]") or "127.0.0.1", int(port)
 
 
 class _Section(BaseModel):
@@ -46,9 +70,24 @@ class MqttSettings(_Section):
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        if urlsplit(v).scheme not in ("mqtt", "mqtts"):
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts"):
             raise ValueError("mqtt.url must start with mqtt:// or mqtts://")
+        try:
+            parts.port  # noqa: B018 - urlsplit checks the port only when asked
+        except ValueError as exc:
+            raise ValueError(f"mqtt.url has a bad port: {exc}") from exc
         return v
+
+    @model_validator(mode="after")
+    def _tls_files_need_tls(self) -> Self:
+        given = [name for name in ("ca_file", "cert_file", "key_file") if getattr(self, name)]
+        if given and urlsplit(self.url).scheme != "mqtts":
+            raise ValueError(f"mqtt.{given[0]} is set but mqtt.url is not mqtts://: the files would be ignored "
+                             "and the connection left unencrypted")
+        if self.key_file and not self.cert_file:
+            raise ValueError("mqtt.key_file is set without mqtt.cert_file")
+        return self
 
 
 STORE_SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
@@ -61,7 +100,7 @@ class StoreSettings(_Section):
     (also ``postgres://``); the password is never printed or logged."""
     flush_interval_ms: int = Field(default=5, ge=1, le=1000)
     """The writer commits what it holds at least this often (and acknowledges QoS 1)."""
-    max_batch: int = Field(default=5000, ge=1)
+    max_batch: int | None = Field(default=None, deprecated=UNUSED_SETTING)
     terminal_flush_s: float = Field(default=2.0, gt=0)
     """Terminal state (last seen etc.) is written coalesced, at most this often."""
     dead_letters_kept: int = Field(default=1000, ge=0)
@@ -77,7 +116,8 @@ class StoreSettings(_Section):
     @classmethod
     def _scheme(cls, v: str) -> str:
         scheme = urlsplit(v).scheme
-        if scheme not in STORE_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///")):
+        if (scheme not in STORE_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///"))
+                or (scheme == "sqlite" and not v.removeprefix("sqlite:///").strip("/"))):
             raise ValueError("store.url must be sqlite:///relative.db, sqlite:////absolute.db or "
                              "postgresql://user:password@host:port/database (or postgres://)")
         return v
@@ -99,10 +139,15 @@ class HttpSettings(_Section):
     token_file: str | None = None
     """Where a generated token is written; default: beside the store."""
 
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        parse_listen(v)
+        return v
+
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.listen.rpartition(":")
-        return host.strip("[]") or "127.0.0.1", int(port)
+        return parse_listen(self.listen)
 
 
 class DetectSettings(_Section):
@@ -169,12 +214,53 @@ class DetectSettings(_Section):
         """``n`` heartbeat intervals in seconds."""
         return n * self.heartbeat_interval_s
 
+    @field_validator("processors")
+    @classmethod
+    def _processor_tables(cls, v: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for name, table in v.items():
+            for rc, value in table.items():
+                _check_attribution(f"detect.processors.{name}", rc, value)
+        return v
+
+    @field_validator("merchant_parent_kinds")
+    @classmethod
+    def _known_kinds(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [k for k in v if k not in KINDS]
+        if unknown:
+            raise ValueError(f"unknown kind {unknown[0]!r}; kinds are {', '.join(KINDS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.processor is not None and self.processor not in self.processors:
+            raise ValueError(f"detect.processor {self.processor!r} names no table of detect.processors "
+                             f"(tables: {', '.join(sorted(self.processors)) or 'none'})")
+        if self.battery_critical_pct > self.battery_low_pct:
+            raise ValueError("detect.battery_critical_pct must not be above detect.battery_low_pct")
+        return self
+
+
+_RC = re.compile(r"[0-9A-Za-z]{2}")
+_RC_CONFIG_CAUSES = tuple(c for c in CAUSES["config"] if ("config", c) not in ACQUIRER_DECISIONS)
+
+
+def _check_attribution(where: str, rc: str, value: str) -> None:
+    """One ``rc = "blame"`` (or ``"config:cause"``) entry of a processor table."""
+    if not _RC.fullmatch(rc):
+        raise ValueError(f"{where}: {rc!r} is not a two-character response code")
+    blame, sep, cause = value.partition(":")
+    if blame not in BLAMES:
+        raise ValueError(f"{where}.{rc}: unknown blame {value!r}; blames are {', '.join(BLAMES)}")
+    if sep and (blame != "config" or cause not in _RC_CONFIG_CAUSES):
+        raise ValueError(f"{where}.{rc}: {value!r} names no config cause; use config:CAUSE with CAUSE one of "
+                         f"{', '.join(_RC_CONFIG_CAUSES)}")
+
 
 class SettlementSettings(_Section):
     batch_close_deadline_s: float = Field(default=93600, gt=0)
     settlement_deadline_s: float = Field(default=172800, gt=0)
     saf_max_age_s: float = Field(default=4 * 3600, gt=0)
-    sweep_s: float = Field(default=1.0, gt=0)
+    sweep_s: float | None = Field(default=None, deprecated=UNUSED_SETTING)
     void_lookup_per_batch: int = Field(default=1000, ge=0)
     """Refunds and preauths remembered per open batch so a later void can reverse them
     exactly (a voided sale is reversed by the void's own amount, so sales need no memory)."""
@@ -196,6 +282,13 @@ class NotifySettings(_Section):
     min_severity: Literal["info", "minor", "major", "critical"] = "major"
     resend_s: float = Field(default=60.0, gt=0)
     generator_url: str = ""
+
+    @field_validator("alertmanager_url", "generator_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        if v and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError(f"must be an http:// or https:// URL (got {v!r})")
+        return v
 
 
 class Settings(BaseSettings):
@@ -240,27 +333,72 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
             raise ConfigError(f"config file not found: {path}") from exc
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     for section, values in (overrides or {}).items():
         data.setdefault(section, {}).update(values)
     try:
         return Settings(**data)
-    except ValueError as exc:
-        raise ConfigError(f"invalid configuration: {exc}") from exc
+    except ValidationError as exc:
+        raise ConfigError(f"invalid configuration: {describe_errors(exc)}") from exc
+    except ValueError as exc:  # pydantic-settings' own (an environment value that is not valid JSON)
+        raise ConfigError(f"invalid configuration: {' '.join(str(exc).split())}") from exc
+
+
+_SECRET_NAMES = ("password", "api_token", "secret", "link_key")
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """A validation failure as one line: ``section.key: what is wrong (got value)``, joined by ``; ``."""
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(p) for p in error["loc"]) or "settings"
+        if error["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown setting")
+            continue
+        message = str(error["msg"]).removeprefix("Value error, ").removeprefix("Assertion failed, ")
+        value = error.get("input")
+        shown = "" if isinstance(value, dict | list) or value is None or error["type"] == "value_error" else (
+            " (got ***)" if any(s in where for s in _SECRET_NAMES) else f" (got {value!r})"
+        )
+        # A validator that names its own setting(s) is not prefixed with them again.
+        parts.append(f"{message}{shown}" if message.startswith(where) else f"{where}: {message}{shown}")
+    return "; ".join(" ".join(p.split()) for p in parts)
+
+
+def deprecated_settings(settings: Settings) -> list[str]:
+    """One sentence per deprecated setting the configuration still sets (file or environment)."""
+    found = []
+    for section_name in Settings.model_fields:
+        section = getattr(settings, section_name)
+        for name, field in type(section).model_fields.items():
+            if field.deprecated and name in section.model_fields_set:
+                found.append(f"{section_name}.{name} is deprecated: {field.deprecated}")
+    return found
 
 
 def effective_settings(settings: Settings) -> dict[str, Any]:
-    """Settings as plain data with secrets masked (for check-config and the start log).
+    """Settings as plain data with secrets masked (for check-config); deprecated keys left out.
 
     Secret fields (``SecretStr``: passwords, tokens, keys) print as stars already; every
     URL setting (``url`` or ``*_url``, in any section) has its password masked too.
     """
     dumped: dict[str, Any] = settings.model_dump(mode="json")
-    for section in dumped.values():
-        if isinstance(section, dict):
-            for key, value in section.items():
-                if isinstance(value, str) and (key == "url" or key.endswith("_url")):
-                    section[key] = mask_url(value)
+    for section_name in Settings.model_fields:
+        section = dumped[section_name]
+        for name, field in type(getattr(settings, section_name)).model_fields.items():
+            if field.deprecated:
+                section.pop(name, None)
+        for key, value in section.items():
+            if isinstance(value, str) and (key == "url" or key.endswith("_url")):
+                section[key] = mask_url(value)
     return dumped
+
+
+def start_summary(settings: Settings) -> dict[str, str]:
+    """The few facts the start log line carries: where messages, state and the API are."""
+    return {"broker": mask_url(settings.mqtt.url), "store": mask_url(settings.store.url),
+            "listen": settings.http.listen}
 
 
 MASK = "**********"
@@ -304,6 +442,8 @@ def render_example() -> str:
         section = getattr(defaults, section_name)
         lines += ["", f"[{section_name}]"]
         for name, field in type(section).model_fields.items():
+            if field.deprecated:
+                continue
             if field.description:
                 lines += [f"# {line}".rstrip() for line in field.description.splitlines()]
             lines.append(_toml_line(name, getattr(section, name)))

@@ -52,6 +52,30 @@ def _start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("mosquitto did not start")
 
 
+def banner(*, broker_url: str, store: Path, http: str, terminals: int) -> str:
+    """What a newcomer needs first: where everything is, the token, and what to type."""
+    api = f"http://{http}"
+    auth = f"-H 'Authorization: Bearer {DEMO_TOKEN}'"
+    return "\n".join([
+        "",
+        "fleetwatch demo",
+        f"  broker  {broker_url}   (a private Mosquitto, stopped with the demo)",
+        f"  store   {store}",
+        f"  API     {api}   token: {DEMO_TOKEN}",
+        f"  fleet   {terminals} simulated terminals with a few injected faults",
+        "",
+        "Try:",
+        f"  curl {auth} {api}/api/v1/terminals",
+        f"  curl {auth} '{api}/api/v1/incidents?status=all'",
+        f"  curl {api}/metrics",
+        f"  curl {api}/openapi.json      (every API route)",
+        "Docs: README.md and docs/ in the fleetwatch repository; docs/detection.md says what each incident means.",
+        "",
+        "Ctrl-C stops everything.",
+        "",
+    ])
+
+
 def run_demo(*, terminals: int, http: str, duration: float) -> int:
     """Run broker + daemon + simulator until Ctrl-C (or ``duration`` seconds)."""
     from fleetwatch.app import run_daemon
@@ -75,14 +99,7 @@ def run_demo(*, terminals: int, http: str, duration: float) -> int:
             "--merchants", str(max(1, terminals // 4)), "--interval", "5", "--speed", "60", "--quiet",
             "--scenario", str(Path(__file__).parent / "sim" / "demo.toml"),
         ])
-        print(
-            f"\nfleetwatch demo: broker {url}, daemon on http://{http}, {terminals} simulated terminals\n"
-            f"  curl -H 'Authorization: Bearer {DEMO_TOKEN}' http://{http}/api/v1/terminals\n"
-            f"  curl -H 'Authorization: Bearer {DEMO_TOKEN}' 'http://{http}/api/v1/incidents?status=all'\n"
-            f"  curl http://{http}/metrics\n"
-            "Ctrl-C stops everything.\n",
-            file=sys.stderr, flush=True,
-        )
+        print(banner(broker_url=url, store=store, http=http, terminals=terminals), file=sys.stderr, flush=True)
         if duration > 0:
             threading.Timer(duration, _interrupt).start()
         try:

@@ -1,12 +1,25 @@
 """One exception tree for the whole daemon.
 
     FleetwatchError
-    ├── ConfigError        a setting is missing, malformed or contradictory (exit 2)
-    ├── StoreError         the store cannot be opened or written (unrecoverable: exit 1,
-    │                      systemd restarts the daemon)
-    └── SourceError        the message source failed in a way reconnecting cannot fix
+    ├── ConfigError          a setting is missing, malformed or contradictory      (exit 2)
+    ├── StoreError           the store cannot be opened, locked or written         (exit 3)
+    ├── CredentialFileError  a TLS or credential file cannot be read or written    (exit 4)
+    ├── ListenError          the HTTP listen address cannot be bound               (exit 5)
+    └── RequestError         an API request cannot be served as asked (never fatal)
+        ├── BadRequest       a malformed query (an invalid cursor)                 (HTTP 400)
+        ├── NotFound         what the request names does not exist                 (HTTP 404)
+        │   ├── UnknownIncident
+        │   └── UnknownTerminal
+        └── Conflict         the action does not fit the current state             (HTTP 409)
+            └── IncidentNotOpen
 
-Lower-level errors (sqlite3, OSError, gmqtt's) are translated once, at the adapter that
+The fatal ones are mapped to one log line and an exit code once, at the top of the CLI
+(``fleetwatch.cli.EXIT_CODES``); anything else that escapes is a bug: exit 1, logged
+with its traceback. The request errors are mapped to HTTP answers once, in the HTTP
+adapter. A refused broker login is none of these: the source retries it with backoff
+and says why in the log, a metric and ``/readyz``.
+
+Lower-level errors (sqlite3, OSError, ssl's) are translated once, at the module that
 sees them, with ``raise ... from exc`` so the cause stays in the traceback.
 """
 
@@ -25,5 +38,47 @@ class StoreError(FleetwatchError):
     """The store failed; the daemon cannot go on without losing acknowledged data."""
 
 
-class SourceError(FleetwatchError):
-    """The message source failed permanently (bad credentials, bad TLS files)."""
+class CredentialFileError(FleetwatchError):
+    """A TLS certificate, key or CA file, or the API token file, cannot be used."""
+
+
+class ListenError(FleetwatchError):
+    """The HTTP listen address cannot be bound (in use, not local, not permitted)."""
+
+
+class RequestError(FleetwatchError):
+    """An API request names something that is not there or asks what cannot be done."""
+
+
+class BadRequest(RequestError, ValueError):
+    """The request itself is malformed (an invalid cursor, an out-of-range limit)."""
+
+
+class NotFound(RequestError):
+    """The incident, terminal or other thing a request names does not exist."""
+
+    what = "object"
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"no such {self.what}: {key}")
+        self.key = key
+
+
+class UnknownIncident(NotFound):
+    what = "incident"
+
+
+class UnknownTerminal(NotFound):
+    what = "terminal"
+
+
+class Conflict(RequestError):
+    """The action is valid in general but not in the current state of its target."""
+
+
+class IncidentNotOpen(Conflict):
+    """An ack or resolve of an incident that this daemon does not hold open."""
+
+    def __init__(self, incident_id: str) -> None:
+        super().__init__(f"incident is not open in this daemon: {incident_id}")
+        self.incident_id = incident_id

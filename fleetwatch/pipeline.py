@@ -19,8 +19,8 @@ import structlog
 from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.config import Settings
 from fleetwatch.core.decode import Decoder, Rejection
-from fleetwatch.core.messages import MESSAGE_TYPES, Envelope
-from fleetwatch.core.model import BatchRecord, Effect, IncidentWrite, TerminalRecord
+from fleetwatch.core.messages import Envelope
+from fleetwatch.core.model import MESSAGE_TYPES, BatchRecord, Effect, IncidentWrite, TerminalRecord, TerminalWrite
 from fleetwatch.core.snapshot import FleetSnapshot
 from fleetwatch.logs import RateLimitedLog
 from fleetwatch.ports import StoreWriter
@@ -73,6 +73,8 @@ class Pipeline:
         self._drain_deadline = float("inf")
         self._last_terminal_flush = 0.0
         self._terminal_backlog: list[TerminalRecord] = []
+        self._operator_terminals: set[str] = set()
+        """Terminals whose row an operator action writes in the next flush (TerminalWrite)."""
         self._last_snapshot = 0.0
         self._listeners: list[CommitListener] = []
         metrics.ingest_lag.set_function(self._lag)
@@ -105,7 +107,8 @@ class Pipeline:
         return self._batch_future()
 
     def submit(self, effects: Sequence[Effect]) -> asyncio.Future[None]:
-        """Queue effects decided outside the message flow (API actions, sweeps)."""
+        """Queue effects decided outside the message flow (API actions); the future is their commit."""
+        self._operator_terminals.update(e.record.terminal_id for e in effects if isinstance(e, TerminalWrite))
         now = self._clock()
         self._add(effects, now)
         self._mark_pending(now)
@@ -182,6 +185,11 @@ class Pipeline:
         if self._closing or now - self._last_terminal_flush >= self._settings.store.terminal_flush_s:
             self._terminal_backlog.extend(self._engine.take_dirty_terminals())
             self._last_terminal_flush = now
+        written_now, self._operator_terminals = self._operator_terminals, set()
+        if written_now and self._terminal_backlog:
+            # Rows waiting in the backlog are older than an operator's TerminalWrite: written
+            # after it, they would undo it.
+            self._terminal_backlog = [t for t in self._terminal_backlog if t.terminal_id not in written_now]
         # Bounded: a write of a few thousand terminal rows keeps the QoS 1 acks of its batch
         # prompt; the rest waits for the next flush (oldest first, so a newer copy of the same
         # terminal, taken later, is always written after an older one).

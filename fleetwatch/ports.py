@@ -9,10 +9,43 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Final, Protocol
 
 from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, Incident, IncidentEvent, TerminalRecord
 from fleetwatch.storage.retention import PurgeKind
+
+MQTT5_CONNACK_REASONS: Final[dict[int, str]] = {
+    0x80: "unspecified_error", 0x81: "malformed_packet", 0x82: "protocol_error",
+    0x83: "implementation_specific_error", 0x84: "unsupported_protocol_version",
+    0x85: "client_identifier_not_valid", 0x86: "bad_user_name_or_password", 0x87: "not_authorized",
+    0x88: "server_unavailable", 0x89: "server_busy", 0x8A: "banned", 0x8C: "bad_authentication_method",
+    0x90: "topic_name_invalid", 0x95: "packet_too_large", 0x97: "quota_exceeded",
+    0x99: "payload_format_invalid", 0x9A: "retain_not_supported", 0x9B: "qos_not_supported",
+    0x9C: "use_another_server", 0x9D: "server_moved", 0x9F: "connection_rate_exceeded",
+}
+"""The MQTT 5 CONNACK refusal reason codes (MQTT 5.0 §3.2.2.2) by their spec names."""
+
+CONNECT_FAILURE_REASONS: Final[tuple[str, ...]] = (
+    "unreachable", "tls", "timeout", "subscribe_refused", "other",
+    *MQTT5_CONNACK_REASONS.values(),
+)
+"""Every value of ``fleetwatch_mqtt_connect_failures_total{reason}`` (all present from the
+start): the broker's own CONNACK reasons, and what can fail around them (no TCP
+connection, a TLS handshake or certificate failure, no answer in time, a refused
+subscription, anything else)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectFailure:
+    """Why the last attempt to connect to the broker failed.
+
+    ``reason`` is one of CONNECT_FAILURE_REASONS (a bounded metric label); ``detail`` is
+    what the broker or the network said, for the log and ``/readyz``, never a secret.
+    """
+
+    reason: str
+    detail: str
 
 
 class MessageSink(Protocol):
@@ -35,8 +68,17 @@ class MessageSource(Protocol):
         """True while subscribed and receiving."""
         ...
 
+    @property
+    def failure(self) -> ConnectFailure | None:
+        """Why the source is not connected (None while connected or before the first attempt ends)."""
+        ...
+
     async def run(self, sink: MessageSink) -> None:
-        """Connect, subscribe and deliver; reconnect forever until ``stop()``."""
+        """Connect, subscribe and deliver; reconnect forever until ``stop()``.
+
+        A refused login is retried like any other failure (the broker's password file may
+        be fixed at any time); it is reported through ``failure``, never raised.
+        """
         ...
 
     async def stop(self) -> None:
@@ -98,7 +140,7 @@ class StoreReads(Protocol):
         merchant_id: str | None = None, scope: str | None = None, limit: int = 100, cursor: str | None = None,
     ) -> tuple[list[Incident], str | None]:
         """A page newest first by (opened_at, id) and the next page's cursor (keyset paging);
-        ValueError for a bad status, limit or cursor (fleetwatch/storage/paging.py)."""
+        BadRequest for a bad status, limit or cursor (fleetwatch/storage/paging.py)."""
         ...
 
     async def get_incident(self, incident_id: str) -> Incident | None: ...

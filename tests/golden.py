@@ -11,8 +11,9 @@ MQTT 5 with Retain As Published off). Retained delivery only happens on (re)subs
 so a Last Will published during the run arrives as live news.
 
 The incidents are rebuilt from the IncidentWrite effects into the API's shape (RFC 3339
-times, start = ``START_MS``) and judged with the functions of shared/tools/score.py, which
-is found beside the repository (CI has ../shared), or at $FLEETWATCH_SHARED.
+times, start = ``START_MS``) and judged with the functions of shared/tools/score.py, found
+at $FLEETWATCH_SHARED, else in ../shared beside the repository (where CI has it). Neither
+is an error with the places tried, never a skip: a judge that is not there judges nothing.
 """
 
 from __future__ import annotations
@@ -42,16 +43,24 @@ SCENARIOS = ("decline-storm", "printer-lifecycle", "reader-wear", "offline-and-f
              "settlement-day")
 
 
+SHARED_ENV = "FLEETWATCH_SHARED"
+
+
 def shared_dir() -> Path:
-    """The shared design/tools directory: $FLEETWATCH_SHARED, else ../shared beside the repo."""
-    env = os.environ.get("FLEETWATCH_SHARED")
-    candidates = [Path(env)] if env else []
-    repo = Path(__file__).resolve().parents[1]
-    candidates += [repo.parent / "shared", repo / "shared", Path("/work/shared")]
-    for c in candidates:
-        if (c / "tools" / "score.py").is_file():
-            return c
-    raise FileNotFoundError("shared/tools/score.py not found beside the repository; set FLEETWATCH_SHARED")
+    """The shared design/tools directory: $FLEETWATCH_SHARED when set, else ../shared beside the repo.
+
+    FileNotFoundError naming what was tried when it holds no tools/score.py and tools/replay.py.
+    """
+    configured = os.environ.get(SHARED_ENV)
+    where = Path(configured) if configured else Path(__file__).resolve().parents[2] / "shared"
+    missing = [name for name in ("score.py", "replay.py") if not (where / "tools" / name).is_file()]
+    if missing:
+        told = f"${SHARED_ENV}={configured}" if configured else f"{where} (beside the repository; ${SHARED_ENV} unset)"
+        raise FileNotFoundError(
+            f"the shared tools are not in {told}: missing tools/{', tools/'.join(missing)}. "
+            f"Set ${SHARED_ENV} to the shared/ directory holding tools/score.py and tools/replay.py."
+        )
+    return where
 
 
 def load_score() -> ModuleType:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -78,3 +80,19 @@ def test_each_database_driver_lives_in_one_adapter(driver: str, adapter: str) ->
     users = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
                    if any(m.split(".")[0] == driver for m in imported_modules(p)))
     assert users == [adapter]
+
+
+def test_nothing_stops_processes_by_name() -> None:
+    """Tests, scripts and the package stop only the processes they started, by pid: no pkill,
+    killall or pgrep-and-kill by name, which would stop an operator's own Prometheus or broker."""
+    repo = PACKAGE.parent
+    tracked = subprocess.run(["git", "ls-files"], cwd=repo, capture_output=True, text=True, check=True).stdout
+    by_name = re.compile(r"\b(pkill|killall)\b|pgrep[^\n|]*\|\s*xargs\s+kill")
+    offenders = []
+    for name in tracked.splitlines():
+        path = repo / name
+        if path.suffix in {".py", ".sh", ".toml", ".yml", ".yaml", ".service", ""} and path.is_file():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            offenders += [f"{name}: {m[0]}" for m in by_name.finditer(text)
+                          if path != Path(__file__).resolve()]
+    assert offenders == []

@@ -12,7 +12,7 @@ import pytest
 from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.config import load_settings
 from fleetwatch.core.messages import Envelope
-from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, TerminalRecord
+from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, TerminalRecord, TerminalWrite
 from fleetwatch.core.snapshot import FleetSnapshot
 from fleetwatch.errors import StoreError
 from fleetwatch.logs import RateLimitedLog
@@ -193,3 +193,38 @@ async def test_terminal_rows_go_in_bounded_chunks_and_the_drain_respects_its_bud
     await asyncio.wait_for(writer, 2)
     assert store.terminal_rows < 50_000
     assert any(isinstance(e, DeadLetter) for batch in store.writes for e in batch)
+
+
+class RowStore(FakeStore):
+    """Keeps, per terminal, the last row written (what the store would hold), in write order."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rows: dict[str, TerminalRecord] = {}
+
+    async def write(self, effects: Sequence[Effect], terminals: Sequence[TerminalRecord] = (),
+                    batches: Sequence[BatchRecord] = ()) -> None:
+        for effect in effects:  # the SQLite store applies effect rows before the backlog's
+            if isinstance(effect, TerminalWrite):
+                self.rows[effect.record.terminal_id] = effect.record
+        for record in terminals:
+            self.rows[record.terminal_id] = record
+        await super().write(effects, terminals, batches)
+
+
+async def test_an_operator_terminal_write_is_not_undone_by_an_older_backlog_row() -> None:
+    """A maintenance window (TerminalWrite) committed while older coalesced rows of the same terminal
+    still wait in the backlog: those older rows are dropped, so the store keeps the operator's row."""
+    store = RowStore()
+    engine = DirtyEngine(12_000)  # more than two chunks: T11000's old row waits in the backlog
+    pipeline = make(store, engine)
+    writer = asyncio.create_task(pipeline.run_writer())
+    first = pipeline.submit([])
+    await asyncio.wait_for(first, 1)  # the first flush takes the backlog and writes one chunk
+    assert "T11000" not in store.rows
+    done = pipeline.submit([TerminalWrite(TerminalRecord("T11000", maintenance_until=99.0))])
+    await asyncio.wait_for(done, 1)
+    pipeline.close()
+    await asyncio.wait_for(writer, 2)
+    assert store.rows["T11000"].maintenance_until == 99.0
+    assert len(store.rows) == 12_000

@@ -2,7 +2,13 @@
 
 FastAPI for the typed API and its OpenAPI document at /openapi.json; served by uvicorn
 in the daemon's own event loop, so API actions (ack, resolve, maintenance) go through
-the same engine and the same writer as messages, one at a time, never racing them.
+the same engine and the same writer as messages, one at a time, never racing them, and
+answer only once what they changed is committed.
+
+Errors are answered from one place, always as a JSON body the framework builds: the
+domain's request errors (``fleetwatch.errors.RequestError``: not found, conflict, bad
+request) by :data:`REQUEST_ERROR_STATUS`; anything else is a bug, answered 500 and
+logged once with its traceback, never disguised as "not found".
 """
 
 from __future__ import annotations
@@ -10,21 +16,69 @@ from __future__ import annotations
 import secrets
 from collections.abc import Awaitable, Callable
 from datetime import date
-from typing import Annotated, Any, Literal, Protocol
+from typing import Annotated, Any, Final, Literal, Protocol
 
+import structlog
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetwatch import __version__
 from fleetwatch.core.model import Effect, Incident, TerminalRecord
 from fleetwatch.core.settlement import money_at_stake, reconcile_day
+from fleetwatch.errors import BadRequest, Conflict, NotFound, RequestError, UnknownIncident, UnknownTerminal
 from fleetwatch.ports import StoreReads
 from fleetwatch.timefmt import parse_time, rfc3339
 
+log = structlog.get_logger("fleetwatch.http")
+
+REQUEST_ERROR_STATUS: Final[dict[type[RequestError], int]] = {BadRequest: 400, NotFound: 404, Conflict: 409}
+"""The one mapping of the domain's request errors to HTTP status codes (most specific class wins)."""
+
+
+def request_error_status(exc: RequestError) -> int:
+    for cls in type(exc).__mro__:
+        if cls in REQUEST_ERROR_STATUS:
+            return REQUEST_ERROR_STATUS[cls]
+    return 400
+
+
+class BugsAnswer500:
+    """ASGI middleware: an unexpected exception is a 500 with a JSON body, logged once.
+
+    Starlette's own last-resort handler answers in plain text and re-raises, so uvicorn
+    logs the traceback a second time; this one stops it here.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self._app(scope, receive, tracking_send)
+        except Exception:
+            log.exception("API request failed: a bug, answered 500", method=scope.get("method"),
+                          path=scope.get("path"))
+            if not started:  # otherwise the client sees the connection end mid-answer
+                await JSONResponse({"detail": "internal error (logged by the daemon)"}, status_code=500)(
+                    scope, receive, send)
+
 
 class Decisions(Protocol):
-    """The engine's operator actions and in-memory views."""
+    """The engine's operator actions (IncidentNotOpen when there is nothing to act on) and in-memory views."""
 
     def acknowledge(self, incident_id: str, now: float) -> list[Effect]: ...
     def resolve(self, incident_id: str, now: float) -> list[Effect]: ...
@@ -175,12 +229,21 @@ def build_app(
     reads: StoreReads,
     decisions: Decisions,
     commit: Commit,
-    ready: Callable[[], bool],
+    not_ready_reason: Callable[[], str | None],
     clock: Callable[[], float],
 ) -> FastAPI:
-    """The ASGI app; every dependency is passed in so tests can build it around fakes."""
+    """The ASGI app; every dependency is passed in so tests can build it around fakes.
+
+    ``not_ready_reason`` answers None when the daemon is ready (store open, MQTT
+    subscribed), else why not, for ``/readyz``.
+    """
     app = FastAPI(title="fleetwatch", version=__version__, summary="Card-terminal fleet incidents")
+    app.add_middleware(BugsAnswer500)
     auth = [Depends(BearerToken(token))]
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_request: Request, exc: RequestError) -> Response:
+        return JSONResponse({"detail": str(exc)}, status_code=request_error_status(exc))
 
     @app.get("/metrics", include_in_schema=False)
     async def metrics_endpoint() -> Response:
@@ -191,11 +254,13 @@ def build_app(
         return {"status": "ok"}
 
     @app.get("/readyz", include_in_schema=False)
-    async def readyz(response: Response) -> dict[str, str]:
-        if ready():
-            return {"status": "ready"}
+    async def readyz(response: Response) -> dict[str, str | None]:
+        # CONTRACT.md §9's shape; one daemon per store is always the active one until HA lands.
+        reason = not_ready_reason()
+        if reason is None:
+            return {"status": "ready", "role": "active", "reason": None}
         response.status_code = 503
-        return {"status": "not ready"}
+        return {"status": "not ready", "role": "active", "reason": reason}
 
     @app.get("/api/v1/incidents", dependencies=auth)
     async def list_incidents(  # noqa: PLR0917 - FastAPI reads query parameters from the signature
@@ -203,19 +268,16 @@ def build_app(
         kind: str | None = None, terminal_id: str | None = None, merchant_id: str | None = None,
         scope: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100, cursor: str | None = None,
     ) -> IncidentPage:
-        try:
-            items, next_cursor = await reads.list_incidents(
-                status=status, kind=kind, terminal_id=terminal_id, merchant_id=merchant_id,
-                scope=scope, limit=limit, cursor=cursor,
-            )
-        except ValueError as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        items, next_cursor = await reads.list_incidents(
+            status=status, kind=kind, terminal_id=terminal_id, merchant_id=merchant_id,
+            scope=scope, limit=limit, cursor=cursor,
+        )
         return IncidentPage(items=[IncidentOut.of(i) for i in items], next_cursor=next_cursor)
 
     async def _incident_or_404(incident_id: str) -> Incident:
         found = decisions.incident(incident_id) or await reads.get_incident(incident_id)
         if found is None:
-            raise HTTPException(status_code=404, detail="no such incident")
+            raise UnknownIncident(incident_id)
         return found
 
     @app.get("/api/v1/incidents/{incident_id}", dependencies=auth)
@@ -232,11 +294,7 @@ def build_app(
         current = await _incident_or_404(incident_id)
         if current.status == "resolved":
             return IncidentOut.of(current)
-        try:
-            effects = action(incident_id, clock())
-        except KeyError as exc:
-            raise HTTPException(status_code=409, detail="incident is not open in this daemon") from exc
-        await commit(effects)
+        await commit(action(incident_id, clock()))  # IncidentNotOpen (409) when the engine does not hold it
         return IncidentOut.of(await _incident_or_404(incident_id))
 
     @app.post("/api/v1/incidents/{incident_id}/ack", dependencies=auth)
@@ -252,10 +310,7 @@ def build_app(
         merchant_id: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
         cursor: str | None = None,
     ) -> TerminalPage:
-        try:
-            items, next_cursor = await reads.list_terminals(merchant_id=merchant_id, limit=limit, cursor=cursor)
-        except ValueError as exc:
-            raise HTTPException(status_code=400, detail=str(exc)) from exc
+        items, next_cursor = await reads.list_terminals(merchant_id=merchant_id, limit=limit, cursor=cursor)
         now = clock()
         fresh = [decisions.terminal(t.terminal_id) or t for t in items]
         return TerminalPage(items=[TerminalOut.of(t, now) for t in fresh], next_cursor=next_cursor)
@@ -263,7 +318,7 @@ def build_app(
     async def _terminal_or_404(terminal_id: str) -> TerminalRecord:
         found = decisions.terminal(terminal_id) or await reads.get_terminal(terminal_id)
         if found is None:
-            raise HTTPException(status_code=404, detail="no such terminal")
+            raise UnknownTerminal(terminal_id)
         return found
 
     @app.get("/api/v1/terminals/{terminal_id}", dependencies=auth)
@@ -312,9 +367,5 @@ def build_app(
     async def unknown_api_path(rest: str) -> Response:
         """Registered last: an unknown path under /api/ is 401 without a token, 404 with one."""
         raise HTTPException(status_code=404, detail=f"no such API path: /api/{rest}")
-
-    @app.exception_handler(KeyError)
-    async def _missing(_request: Request, exc: KeyError) -> Response:
-        return Response(status_code=404, content=f'{{"detail": "not found: {exc}"}}', media_type="application/json")
 
     return app

@@ -17,14 +17,12 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fleetwatch import __version__
-from fleetwatch.core.decode import REJECT_REASONS
-from fleetwatch.core.messages import MESSAGE_TYPES
-from fleetwatch.core.model import CAUSES, KINDS, SCOPES, SEVERITIES
+from fleetwatch.core.model import CAUSES, KINDS, MESSAGE_TYPES, REJECT_REASONS, SCOPES, SEVERITIES, TERMINAL_STATES
 from fleetwatch.core.settlement import minor_to_major
 from fleetwatch.core.snapshot import FleetSnapshot
+from fleetwatch.ports import CONNECT_FAILURE_REASONS
 from fleetwatch.storage.retention import DELETED_TABLES
 
-TERMINAL_STATES = ("online", "offline", "shutdown", "maintenance")
 GAP_CAUSES = CAUSES["settlement_gap"]
 
 class SnapshotCollector(Collector):
@@ -45,9 +43,9 @@ class SnapshotCollector(Collector):
             "fleetwatch_terminals", "Terminals known to the daemon by state and model.", labels=["state", "model"],
         )
         seen = dict(snap.terminals)
-        for state in TERMINAL_STATES:
-            if not any(key[0] == state for key in seen):
-                seen[(state, "other")] = 0
+        for known in TERMINAL_STATES:
+            if not any(key[0] == known for key in seen):
+                seen[(known, "other")] = 0
         for (state, model), count in sorted(seen.items()):
             family.add_metric([state, model], count)
         return family
@@ -138,6 +136,11 @@ class Metrics:
         self.mqtt_reconnects = Counter(
             "fleetwatch_mqtt_reconnects", "Successful reconnections to the broker.", registry=r,
         )
+        self.mqtt_connect_failures = Counter(
+            "fleetwatch_mqtt_connect_failures",
+            "Failed attempts to connect to the broker, by reason (a CONNACK reason code's name, unreachable, tls...).",
+            ["reason"], registry=r,
+        )
         self.store_write = Histogram(
             "fleetwatch_store_write_seconds", "Duration of one store write transaction.",
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, float("inf")), registry=r,
@@ -163,6 +166,8 @@ class Metrics:
             self.received.labels(type=message_type)
         for reason in REJECT_REASONS:
             self.rejected.labels(reason=reason)
+        for failure in CONNECT_FAILURE_REASONS:
+            self.mqtt_connect_failures.labels(reason=failure)
         for kind in KINDS:
             self.detection_latency.labels(kind=kind)
             self.incident_duration.labels(kind=kind)

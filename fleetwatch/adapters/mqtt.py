@@ -11,6 +11,14 @@ Why the few overrides of gmqtt below:
 * **Our reconnect policy.** gmqtt's own reconnect uses a fixed delay; fleetwatch
   reconnects forever with jittered exponential backoff, logs each state change once
   and counts reconnects, so gmqtt's automatic reconnect is switched off.
+* **A refused login is not fatal.** A wrong password, a client the broker does not
+  authorise or a broker that is not up yet are all retried with the same backoff: the
+  operator can fix the broker's password file or ACL without restarting fleetwatch. Each
+  failed attempt is classified (the CONNACK reason code's name, or ``unreachable``,
+  ``tls``, ``timeout``, ...; ``ports.CONNECT_FAILURE_REASONS``), counted by the
+  ``on_connect_failed`` callback, logged once per change of reason, and kept in
+  ``failure`` for ``/readyz``. Only unreadable TLS files stop the daemon, at start
+  (``credentials.mqtt_tls_context``): retrying cannot make a missing file appear.
 
 The session is persistent (clean start off, a session expiry), so QoS 1 messages
 published while the daemon is away are queued by the broker and delivered afterwards.
@@ -24,16 +32,17 @@ import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import structlog
 from gmqtt import Client, Subscription
 from gmqtt.mqtt.constants import MQTTv50
+from gmqtt.mqtt.handler import MQTTConnectError
 
 from fleetwatch.config import MqttSettings
-from fleetwatch.errors import SourceError
-from fleetwatch.ports import MessageSink
+from fleetwatch.credentials import mqtt_tls_context
+from fleetwatch.ports import MQTT5_CONNACK_REASONS, ConnectFailure, MessageSink
 
 log = structlog.get_logger("fleetwatch.mqtt")
 
@@ -43,6 +52,35 @@ TOPIC_SUFFIXES = ("term/+/heartbeat", "term/+/txn", "term/+/batch", "term/+/stat
 def subscription_topics(prefix: str) -> list[str]:
     """The contract's five topic families under ``prefix``."""
     return [f"{prefix}/{suffix}" for suffix in TOPIC_SUFFIXES]
+
+
+MQTT311_CONNACK_REASONS: Final[dict[int, str]] = {
+    1: "unsupported_protocol_version", 2: "client_identifier_not_valid", 3: "server_unavailable",
+    4: "bad_user_name_or_password", 5: "not_authorized", 10: "malformed_packet",
+}
+"""MQTT 3.1.1's return codes (gmqtt falls back to 3.1.1 for an old broker; 10 is gmqtt's
+own "cannot parse the CONNACK"), named as their MQTT 5 counterparts."""
+
+
+class SubscriptionRefused(Exception):
+    """The broker answered our SUBSCRIBE with a failure code (usually its ACL)."""
+
+
+def connect_failure(exc: BaseException) -> ConnectFailure:
+    """Classify a failed connection attempt into a bounded reason and the peer's own words."""
+    if isinstance(exc, MQTTConnectError):
+        code = getattr(exc, "_code", None)
+        name = MQTT5_CONNACK_REASONS.get(code) or MQTT311_CONNACK_REASONS.get(code) or "other"  # type: ignore[arg-type]
+        return ConnectFailure(name, f"broker refused the connection: {exc.message}")
+    if isinstance(exc, ssl.SSLError):  # before OSError: SSLError is one
+        return ConnectFailure("tls", f"TLS failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}")
+    if isinstance(exc, TimeoutError):
+        return ConnectFailure("timeout", "no answer from the broker in time")
+    if isinstance(exc, OSError):
+        return ConnectFailure("unreachable", f"cannot reach the broker: {exc.strerror or exc}")
+    if isinstance(exc, SubscriptionRefused):
+        return ConnectFailure("subscribe_refused", f"broker refused the subscription: {exc}")
+    return ConnectFailure("other", f"{type(exc).__name__}: {exc}")
 
 
 def backoff_delay(attempt: int, cap: float) -> float:
@@ -67,14 +105,7 @@ def broker_address(settings: MqttSettings) -> BrokerAddress:
     """Parse ``mqtt.url`` and the TLS/credential settings into connection arguments."""
     url = urlsplit(settings.url)
     secure = url.scheme == "mqtts"
-    tls_context: ssl.SSLContext | None = None
-    if secure:
-        try:
-            tls_context = ssl.create_default_context(cafile=settings.ca_file)
-            if settings.cert_file:
-                tls_context.load_cert_chain(settings.cert_file, settings.key_file)
-        except (OSError, ssl.SSLError) as exc:
-            raise SourceError(f"cannot load MQTT TLS files: {exc}") from exc
+    tls_context = mqtt_tls_context(settings)  # CredentialFileError naming the file
     username = settings.username or (unquote(url.username) if url.username else None)
     password: str | None = None
     if settings.password is not None:
@@ -106,14 +137,18 @@ class GmqttSource:
         *,
         on_connected_change: Callable[[bool], None] | None = None,
         on_reconnect: Callable[[], None] | None = None,
+        on_connect_failed: Callable[[ConnectFailure], None] | None = None,
     ) -> None:
         self._settings = settings
         self._address = broker_address(settings)
         self._topics = subscription_topics(settings.topic_prefix)
         self._on_connected_change = on_connected_change or (lambda _up: None)
         self._on_reconnect = on_reconnect or (lambda: None)
+        self._on_connect_failed = on_connect_failed or (lambda _failure: None)
         self._client: Any = None
         self._connected = False
+        self._failure: ConnectFailure | None = None
+        self._refusal: str | None = None
         self._stopping = asyncio.Event()
         self._lost = asyncio.Event()
         self._subscribed = asyncio.Event()
@@ -123,25 +158,32 @@ class GmqttSource:
     def connected(self) -> bool:
         return self._connected
 
+    @property
+    def failure(self) -> ConnectFailure | None:
+        return self._failure
+
     async def run(self, sink: MessageSink) -> None:
         self._sink = sink
         attempt = 0
-        last_error: str | None = None
         while not self._stopping.is_set():
             try:
                 await self._connect_and_subscribe()
-            except Exception as exc:  # any failure to connect is retried: the broker may be restarting
-                error = f"{type(exc).__name__}: {exc}"
-                if error != last_error:
-                    log.warning("mqtt connect failed, retrying", error=error, url=self._safe_url())
-                    last_error = error
+            except Exception as exc:  # every failure is retried: the broker may be restarting or be fixed
+                failure = connect_failure(exc)
+                self._on_connect_failed(failure)
+                if failure != self._failure:
+                    log.warning("mqtt connect failed, retrying with backoff", reason=failure.reason,
+                                detail=failure.detail, url=self._safe_url())
+                    self._failure = failure
                 await self._drop_client()
                 attempt += 1
                 await self._sleep_or_stop(backoff_delay(attempt, self._settings.reconnect_max_s))
                 continue
-            if attempt or last_error:
+            if attempt:
                 self._on_reconnect()
-            attempt, last_error = 0, None
+            if self._failure is not None:
+                log.info("mqtt connected after failed attempts", attempts=attempt, last_reason=self._failure.reason)
+            attempt, self._failure = 0, None
             self._set_connected(True)
             await self._wait_lost_or_stop()
             self._set_connected(False)
@@ -164,6 +206,7 @@ class GmqttSource:
     async def _connect_and_subscribe(self) -> None:
         self._lost.clear()
         self._subscribed.clear()
+        self._refusal = None
         client = _ManualReconnectClient(
             self._settings.client_id,
             clean_session=False,
@@ -191,6 +234,8 @@ class GmqttSource:
         )
         client.subscribe([Subscription(topic, qos=1) for topic in self._topics])
         await asyncio.wait_for(self._subscribed.wait(), timeout=10)
+        if self._refusal is not None:
+            raise SubscriptionRefused(self._refusal)
         log.info("mqtt subscribed", url=self._safe_url(), topics=len(self._topics))
 
     async def _drop_client(self) -> None:
@@ -229,9 +274,7 @@ class GmqttSource:
     def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
         failed = [q for q in qos if q >= 0x80]
         if failed:
-            log.error("mqtt subscription refused by broker", codes=failed)
-            self._lost.set()
-            return
+            self._refusal = ", ".join(MQTT5_CONNACK_REASONS.get(q, hex(q)) for q in sorted(set(failed)))
         self._subscribed.set()
 
     def _on_qos0_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> None:

@@ -44,7 +44,7 @@ from fleetwatch.storage.rows import (
     INCIDENT_COLUMNS,
     TERMINAL_COLUMNS,
     WRITE_ORDER,
-    Conflict,
+    OnConflict,
     PreparedWrite,
     Row,
     Table,
@@ -162,9 +162,9 @@ def _insert_sql(table: Table, types: Mapping[str, str]) -> str:
     arrays = ", ".join(f"${i}::{types[c]}[]" for i, c in enumerate(table.columns, start=1))
     sql = (f"INSERT INTO {table.name} ({_cols(table.columns)}) SELECT {_cols(table.columns)} "
            f"FROM unnest({arrays}) WITH ORDINALITY AS r({_cols(table.columns)}, fw_row) ORDER BY fw_row")
-    if table.conflict is Conflict.IGNORE:
+    if table.conflict is OnConflict.IGNORE:
         return f"{sql} ON CONFLICT ({_cols(table.key)}) DO NOTHING"
-    if table.conflict is Conflict.UPDATE:
+    if table.conflict is OnConflict.UPDATE:
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in table.columns if c not in table.key)
         return f"{sql} ON CONFLICT ({_cols(table.key)}) DO UPDATE SET {updates}"
     return sql

@@ -8,6 +8,10 @@ every backend live in fleetwatch/storage/):
   messages are acknowledged only after that commit (docs/ARCHITECTURE.md). Any SQLite
   failure becomes :class:`~fleetwatch.errors.StoreError`: the daemon exits, systemd
   restarts it, the broker redelivers what was never acknowledged.
+- **One daemon per database.** ``open`` takes an exclusive lock on ``PATH.lock`` (not on
+  the database file: closing any descriptor of it would drop SQLite's own locks), so a
+  second daemon started on the same store by mistake is refused with a StoreError
+  instead of writing beside the first. The kernel releases it when the process dies.
 - **Readers never wait for the writer.** WAL mode and a second, read-only connection
   serve the HTTP API from the last committed state while a write is in progress.
 - **One statement per table, fed from ``json_each``.** Not ``executemany``: that binds
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import json
 import os
 import sqlite3
@@ -52,7 +57,7 @@ from fleetwatch.storage.rows import (
     EVENT_COLUMNS,
     INCIDENT_COLUMNS,
     TERMINAL_COLUMNS,
-    Conflict,
+    OnConflict,
     PreparedWrite,
     Row,
     Table,
@@ -95,9 +100,9 @@ def _statement(table: Table) -> str:
     """
     picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(table.columns)))
     sql = f"INSERT INTO {table.name} ({_cols(table.columns)}) SELECT {picks} FROM json_each(?) WHERE true"
-    if table.conflict is Conflict.IGNORE:
+    if table.conflict is OnConflict.IGNORE:
         return f"{sql} ON CONFLICT ({_cols(table.key)}) DO NOTHING"
-    if table.conflict is Conflict.UPDATE:
+    if table.conflict is OnConflict.UPDATE:
         updates = ", ".join(f"{c} = excluded.{c}" for c in table.columns if c not in table.key)
         return f"{sql} ON CONFLICT ({_cols(table.key)}) DO UPDATE SET {updates}"
     return sql
@@ -208,6 +213,20 @@ def _prepare_location(path: str) -> str:
     return file.resolve().as_uri() + "?mode=ro"
 
 
+def _lock_instance(path: str) -> Any:
+    """Hold ``PATH.lock`` exclusively for as long as the returned file is open."""
+    lock = open(f"{path}.lock", "a+b")  # noqa: SIM115 - held open for the store's lifetime
+    try:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError as exc:
+        lock.close()
+        raise StoreError(f"store {path} is in use by another fleetwatch process (it holds {path}.lock)") from exc
+    except OSError:
+        lock.close()
+        raise
+    return lock
+
+
 async def _open_reader(uri: str) -> Any:
     """A read-only connection: the API can never write, even by mistake."""
     conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
@@ -238,7 +257,7 @@ class SqliteStore:
     ``list_*``/``get_*`` methods for the HTTP API, ``delete_expired`` for retention.
     """
 
-    def __init__(self, writer: Any, reader: Any, path: str, dead_letters_kept: int) -> None:
+    def __init__(self, writer: Any, reader: Any, path: str, dead_letters_kept: int, lock: Any = None) -> None:
         """Use :meth:`open`."""
         self._writer: Any = writer
         self._reader: Any = reader
@@ -246,6 +265,7 @@ class SqliteStore:
         self._dead_letters_kept = dead_letters_kept
         self._write_lock = asyncio.Lock()
         self._closed = False
+        self._instance_lock: Any = lock
         self._fence: int | None = None
 
     @classmethod
@@ -259,18 +279,26 @@ class SqliteStore:
             raise ValueError("dead_letters_kept must be >= 0")
         try:
             reader_uri = await asyncio.to_thread(_prepare_location, path)
-            writer = await _open_writer(path)
-        except (sqlite3.Error, OSError) as exc:
+            lock = _lock_instance(path)
+        except OSError as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
+        try:
+            writer = await _open_writer(path)
+        except BaseException as exc:
+            lock.close()
+            if isinstance(exc, sqlite3.Error | OSError):
+                raise StoreError(f"cannot open store {path}: {exc}") from exc
+            raise
         try:
             await _migrate(writer, path)
             reader = await _open_reader(reader_uri)
         except BaseException as exc:
             await writer.close()
+            lock.close()
             if isinstance(exc, sqlite3.Error | OSError):
                 raise StoreError(f"cannot open store {path}: {exc}") from exc
             raise
-        return cls(writer, reader, path, dead_letters_kept)
+        return cls(writer, reader, path, dead_letters_kept, lock)
 
     async def close(self) -> None:
         """Close both connections (waits for a write in progress); idempotent."""
@@ -282,6 +310,8 @@ class SqliteStore:
                 await self._reader.close()
             finally:
                 await self._writer.close()
+                if self._instance_lock is not None:
+                    self._instance_lock.close()
 
     @property
     def path(self) -> str:

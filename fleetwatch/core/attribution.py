@@ -23,15 +23,11 @@ may name its cause as ``config:keys``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final, cast
 
 from fleetwatch.config import DetectSettings
 from fleetwatch.core.messages import TxnResult
-
-Blame = Literal["none", "cardholder", "host", "link", "config", "reader", "printer", "operator"]
-BLAMES: Final[tuple[Blame, ...]] = (
-    "none", "cardholder", "host", "link", "config", "reader", "printer", "operator",
-)
+from fleetwatch.core.model import Blame
 
 BUILTIN_RC: Final[dict[str, Blame]] = {
     # approved (10 partial)
@@ -89,11 +85,9 @@ class Attributor:
         self._rc: dict[str, Blame] = dict(BUILTIN_RC)
         self._config_cause: dict[str, str] = dict(BUILTIN_CONFIG_CAUSE)
         overrides = cfg.processors.get(cfg.processor, {}) if cfg.processor else {}
-        for rc, value in overrides.items():
+        for rc, value in overrides.items():  # validated by DetectSettings: known blames and causes
             blame, _, cause = value.partition(":")
-            if blame not in BLAMES:
-                raise ValueError(f"detect.processors: unknown blame {value!r} for rc {rc!r}")
-            self._rc[rc.upper()] = blame
+            self._rc[rc.upper()] = cast(Blame, blame)
             if blame == "config":
                 self._config_cause[rc.upper()] = cause or self._config_cause.get(rc.upper(), "not_permitted")
         self._cache: dict[tuple[str | None, str | None, str | None, bool], Attribution] = {}

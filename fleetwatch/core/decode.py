@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
 
 import msgspec
 
@@ -30,18 +30,11 @@ from fleetwatch.core.messages import (
     Envelope,
     Heartbeat,
     Message,
-    MessageType,
     Settlement,
     StateMsg,
     TxnResult,
 )
-from fleetwatch.core.model import DeadLetter
-
-RejectReason = Literal["json", "schema", "version", "too_large", "topic", "spoof", "pan"]
-REJECT_REASONS: Final[tuple[RejectReason, ...]] = (
-    "json", "schema", "version", "too_large", "topic", "spoof", "pan",
-)
-"""Every value of ``fleetwatch_messages_rejected_total{reason}``, so all can start at 0."""
+from fleetwatch.core.model import DeadLetter, MessageType, RejectReason
 
 EXCERPT_CHARS: Final = 256
 

@@ -35,6 +35,7 @@ from fleetwatch.core.model import (
     Incident,
     Signal,
     TerminalRecord,
+    TerminalWrite,
     TxnWrite,
 )
 from fleetwatch.core.rules import (
@@ -62,6 +63,7 @@ from fleetwatch.core.state import (
     from_record,
     to_record,
 )
+from fleetwatch.errors import IncidentNotOpen
 
 MAINTENANCE = "maintenance"
 
@@ -464,14 +466,16 @@ class Engine:
     # ---- operator actions -----------------------------------------------------------------
 
     def acknowledge(self, incident_id: str, now: float) -> list[Effect]:
-        """Ack an open incident; KeyError when unknown or not open."""
+        """Ack an open incident; IncidentNotOpen when the engine holds no such open incident."""
+        if self._book.get(incident_id) is None:
+            raise IncidentNotOpen(incident_id)
         return list(self._book.acknowledge(incident_id, now))
 
     def resolve(self, incident_id: str, now: float) -> list[Effect]:
         """Manual resolve; if the condition still holds, its next evidence opens a new incident."""
         inc = self._book.get(incident_id)
         if inc is None:
-            raise KeyError(incident_id)
+            raise IncidentNotOpen(incident_id)
         out: list[Effect] = list(self._book.resolve(incident_id, now))
         if inc.scope == "terminal" and inc.terminal_id is not None and inc.kind in KIND_MASK:
             st = self._terms.get(inc.terminal_id)
@@ -483,7 +487,10 @@ class Engine:
         return out
 
     def set_maintenance(self, terminal_id: str, until: float | None, now: float) -> list[Effect]:
-        """Put a terminal in maintenance until ``until`` (None ends it): nothing opens for it."""
+        """Put a terminal in maintenance until ``until`` (None ends it): nothing opens for it.
+
+        The terminal's row is an effect of its own, so the operator's answer waits for it
+        to be committed (a restart right after the API call keeps the window)."""
         st = self._terms.get(terminal_id)
         if st is None:
             st = self._create(terminal_id, None)
@@ -495,7 +502,7 @@ class Engine:
         self._mark(st)
         if st.sched is None:
             self._schedule(st)
-        return []
+        return [TerminalWrite(to_record(st))]
 
     # ---- reading --------------------------------------------------------------------------
 

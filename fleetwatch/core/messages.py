@@ -15,6 +15,8 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from fleetwatch.core.model import MessageType
+
 IdStr = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9.\-]{1,32}\Z")]
 """terminal_id / merchant_id: 1 to 32 characters of ``A-Z a-z 0-9 - .``."""
 
@@ -137,8 +139,6 @@ class Settlement(msgspec.Struct, frozen=True):
 Message = Heartbeat | TxnResult | BatchClose | StateMsg | Settlement
 """Any accepted payload."""
 
-MessageType = Literal["heartbeat", "txn", "batch", "state", "settlement"]
-MESSAGE_TYPES: tuple[MessageType, ...] = ("heartbeat", "txn", "batch", "state", "settlement")
 
 
 class Envelope(msgspec.Struct, frozen=True):

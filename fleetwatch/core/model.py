@@ -25,6 +25,24 @@ KINDS: tuple[Kind, ...] = (
 SCOPES: tuple[Scope, ...] = ("terminal", "merchant", "group", "fleet")
 SEVERITIES: tuple[Severity, ...] = ("info", "minor", "major", "critical")
 SEVERITY_RANK: dict[str, int] = {s: i for i, s in enumerate(SEVERITIES)}
+STATUSES: tuple[Status, ...] = ("open", "acknowledged", "resolved")
+
+TerminalStateLabel = Literal["online", "offline", "shutdown", "maintenance"]
+TERMINAL_STATES: tuple[TerminalStateLabel, ...] = ("online", "offline", "shutdown", "maintenance")
+"""What ``fleetwatch_terminals{state}`` and the API call a terminal's state: the three a
+terminal reports or is judged to be in, and ``maintenance``, an operator's window over them."""
+
+MessageType = Literal["heartbeat", "txn", "batch", "state", "settlement"]
+MESSAGE_TYPES: tuple[MessageType, ...] = ("heartbeat", "txn", "batch", "state", "settlement")
+"""The contract's payload types (CONTRACT.md §1): ``fleetwatch_messages_received_total{type}``."""
+
+RejectReason = Literal["json", "schema", "version", "too_large", "topic", "spoof", "pan"]
+REJECT_REASONS: tuple[RejectReason, ...] = ("json", "schema", "version", "too_large", "topic", "spoof", "pan")
+"""Why a message is refused: ``fleetwatch_messages_rejected_total{reason}``, all present from the start."""
+
+Blame = Literal["none", "cardholder", "host", "link", "config", "reader", "printer", "operator"]
+BLAMES: tuple[Blame, ...] = ("none", "cardholder", "host", "link", "config", "reader", "printer", "operator")
+"""Whose fault a transaction result is (core/attribution.py); what ``detect.processors`` may name."""
 
 CAUSES: dict[Kind, tuple[str, ...]] = {
     "reader": ("self_test", "read_failures"),
@@ -315,4 +333,15 @@ class SettlementWrite:
     received_at: float
 
 
-Effect = IncidentWrite | DeadLetter | TxnWrite | SettlementWrite
+@dataclass(frozen=True, slots=True)
+class TerminalWrite:
+    """Persist this terminal row now, in the same transaction as the batch that holds it.
+
+    Terminal rows are otherwise written coalesced (``store.terminal_flush_s``); an operator
+    action (a maintenance window) must be durable before the API answers, so it travels
+    as an effect, whose commit the caller awaits."""
+
+    record: TerminalRecord
+
+
+Effect = IncidentWrite | DeadLetter | TxnWrite | SettlementWrite | TerminalWrite

@@ -13,6 +13,8 @@ import base64
 import json
 from typing import Any, Final
 
+from fleetwatch.errors import BadRequest
+
 MAX_PAGE: Final = 1000
 """Largest page ``list_incidents``/``list_terminals`` serve; larger limits are a caller bug."""
 
@@ -29,14 +31,14 @@ def encode_cursor(payload: dict[str, Any]) -> str:
 
 
 def _decode_cursor(cursor: str) -> dict[str, Any]:
-    """Opaque to clients; anything we did not produce is a ValueError (HTTP 400)."""
+    """Opaque to clients; anything we did not produce is a BadRequest (HTTP 400)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         payload = json.loads(raw)
     except ValueError as exc:  # binascii.Error, JSONDecodeError, UnicodeDecodeError, non-ASCII
-        raise ValueError("invalid cursor") from exc
+        raise BadRequest("invalid cursor") from exc
     if not isinstance(payload, dict):
-        raise ValueError("invalid cursor")
+        raise BadRequest("invalid cursor")
     return payload
 
 
@@ -54,7 +56,7 @@ def decode_incident_cursor(cursor: str) -> tuple[float, str]:
         or not isinstance(incident_id, str)
         or set(payload) != {"o", "i"}
     ):
-        raise ValueError("invalid cursor")
+        raise BadRequest("invalid cursor")
     return float(opened_at), incident_id
 
 
@@ -67,15 +69,15 @@ def decode_terminal_cursor(cursor: str) -> str:
     payload = _decode_cursor(cursor)
     terminal_id = payload.get("t")
     if not isinstance(terminal_id, str) or set(payload) != {"t"}:
-        raise ValueError("invalid cursor")
+        raise BadRequest("invalid cursor")
     return terminal_id
 
 
 def check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_PAGE:
-        raise ValueError(f"limit must be between 1 and {MAX_PAGE}")
+        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
 
 
 def check_status(status: str) -> None:
     if status not in INCIDENT_STATUS_FILTERS:
-        raise ValueError(f"status must be one of {', '.join(INCIDENT_STATUS_FILTERS)}")
+        raise BadRequest(f"status must be one of {', '.join(INCIDENT_STATUS_FILTERS)}")

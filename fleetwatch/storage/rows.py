@@ -34,6 +34,7 @@ from fleetwatch.core.model import (
     IncidentWrite,
     SettlementWrite,
     TerminalRecord,
+    TerminalWrite,
     TxnRecord,
     TxnWrite,
     group_json,
@@ -70,7 +71,7 @@ _WATCH_IX: Final = BATCH_COLUMNS.index("watch")
 _DONE_IX: Final = BATCH_COLUMNS.index("done")
 
 
-class Conflict(Enum):
+class OnConflict(Enum):
     """What a table does when a written row's key already exists."""
 
     FAIL = "fail"
@@ -88,7 +89,7 @@ class Table:
     name: str
     columns: tuple[str, ...]
     key: tuple[str, ...] = ()
-    conflict: Conflict = Conflict.FAIL
+    conflict: OnConflict = OnConflict.FAIL
 
     @property
     def key_getter(self) -> Any:
@@ -96,13 +97,13 @@ class Table:
         return itemgetter(*(self.columns.index(c) for c in self.key))
 
 
-INCIDENTS: Final = Table("incidents", INCIDENT_COLUMNS, ("id",), Conflict.UPDATE)
+INCIDENTS: Final = Table("incidents", INCIDENT_COLUMNS, ("id",), OnConflict.UPDATE)
 INCIDENT_EVENTS: Final = Table("incident_events", EVENT_COLUMNS)
-TRANSACTIONS: Final = Table("transactions", TXN_COLUMNS, ("terminal_id", "txn_id"), Conflict.IGNORE)
+TRANSACTIONS: Final = Table("transactions", TXN_COLUMNS, ("terminal_id", "txn_id"), OnConflict.IGNORE)
 SETTLEMENTS: Final = Table("settlements", SETTLEMENT_COLUMNS)
 DEAD_LETTERS: Final = Table("dead_letters", DEAD_LETTER_COLUMNS)
-TERMINALS: Final = Table("terminals", TERMINAL_COLUMNS, ("terminal_id",), Conflict.UPDATE)
-BATCHES: Final = Table("batches", BATCH_ROW_COLUMNS, ("terminal_id", "batch_no", "currency"), Conflict.UPDATE)
+TERMINALS: Final = Table("terminals", TERMINAL_COLUMNS, ("terminal_id",), OnConflict.UPDATE)
+BATCHES: Final = Table("batches", BATCH_ROW_COLUMNS, ("terminal_id", "batch_no", "currency"), OnConflict.UPDATE)
 
 WRITE_ORDER: Final = (INCIDENTS, INCIDENT_EVENTS, TRANSACTIONS, SETTLEMENTS, DEAD_LETTERS, TERMINALS, BATCHES)
 """Every table a write touches, in the order its rows are applied (events after incidents)."""
@@ -225,6 +226,8 @@ class PreparedWrite:
                 self.settlements.append(_settlement_values(effect))
             elif isinstance(effect, DeadLetter):
                 self.dead_letters.append(dead_letter_row(effect))
+            elif isinstance(effect, TerminalWrite):
+                self.terminals.append(_terminal_values(effect.record))
             else:
                 assert_never(effect)
         self.terminals.extend(map(_terminal_values, terminals))
@@ -246,7 +249,7 @@ class PreparedWrite:
         out = []
         for table, rows in zip(WRITE_ORDER, self._by_table(), strict=True):
             if rows:
-                out.append((table, last_per_key(table, rows) if table.conflict is Conflict.UPDATE else rows))
+                out.append((table, last_per_key(table, rows) if table.conflict is OnConflict.UPDATE else rows))
         return out
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 
 from fleetwatch.config import DetectSettings
 from fleetwatch.core.attribution import BUILTIN_RC, Attributor
@@ -74,10 +75,11 @@ def test_processor_override_reassigns_an_overloaded_code() -> None:
     assert _blame(Attributor(DetectSettings()), outcome="declined", rc="05") == "cardholder"
 
 
-def test_unknown_blame_in_override_is_refused() -> None:
-    """A typo in the processor table is a configuration error, not a silent default."""
-    with pytest.raises(ValueError, match="unknown blame"):
-        Attributor(DetectSettings(processors={"gw": {"05": "nobody"}}, processor="gw"))
+def test_unknown_blame_in_override_is_refused_by_the_settings() -> None:
+    """A typo in the processor table is a configuration error of the settings model (so
+    check-config sees it too), never a silent default nor a failure later in the core."""
+    with pytest.raises(ValidationError, match="unknown blame"):
+        DetectSettings(processors={"gw": {"05": "nobody"}}, processor="gw")
 
 
 def test_builtin_table_is_data() -> None:

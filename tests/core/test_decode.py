@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleetwatch.core import pan
-from fleetwatch.core.decode import REJECT_REASONS, Decoder, Rejection, RejectReason
+from fleetwatch.core.decode import Decoder, Rejection
 from fleetwatch.core.messages import (
     BatchClose,
     Envelope,
@@ -20,6 +20,7 @@ from fleetwatch.core.messages import (
     StateMsg,
     TxnResult,
 )
+from fleetwatch.core.model import REJECT_REASONS, RejectReason
 
 PREFIX = "fleet/v1"
 TID = "T00012345"

@@ -13,7 +13,8 @@ import pytest
 from fleetwatch.config import DetectSettings, SettlementSettings
 from fleetwatch.core.engine import Engine
 from fleetwatch.core.messages import Envelope, Settlement
-from fleetwatch.core.model import IncidentWrite, SettlementWrite, TxnWrite
+from fleetwatch.core.model import IncidentWrite, SettlementWrite, TerminalWrite, TxnWrite
+from fleetwatch.errors import IncidentNotOpen
 from tests.golden import heartbeat_env, state_env, txn_env
 
 CFG = DetectSettings(heartbeat_interval_s=1.0)
@@ -93,7 +94,8 @@ def test_restart_keeps_open_incident_and_clears_it() -> None:
 
 
 def test_ack_and_manual_resolve_and_unknown_ids() -> None:
-    """ack / resolve return writes; an unknown id is a KeyError; a still-present fault reopens."""
+    """ack / resolve return writes; an id the engine does not hold open is IncidentNotOpen (the API's
+    409), never a bare KeyError; a still-present fault reopens."""
     e = engine()
     inc = writes(e.apply(heartbeat_env("T1", 1.0, 1, printer="jam")))[0].incident
     assert writes(e.acknowledge(inc.id, 1.5))[0].incident.status == "acknowledged"
@@ -102,9 +104,9 @@ def test_ack_and_manual_resolve_and_unknown_ids() -> None:
     again = writes(e.apply(heartbeat_env("T1", 2.5, 2, printer="jam")))
     assert again[0].event.type == "reopened"
     assert again[0].incident.previous_id == inc.id
-    with pytest.raises(KeyError):
+    with pytest.raises(IncidentNotOpen):
         e.acknowledge("nope", 3.0)
-    with pytest.raises(KeyError):
+    with pytest.raises(IncidentNotOpen):
         e.resolve(inc.id, 3.0)
 
 
@@ -159,6 +161,20 @@ def test_snapshot_bounds_models_and_counts_states() -> None:
     assert snap.incidents_pageable == {("printer", "major", "terminal"): 1}
     with pytest.raises(TypeError):
         snap.terminals[("online", "x")] = 1  # type: ignore[index]
+
+
+def test_maintenance_is_an_effect_carrying_the_terminal_row() -> None:
+    """Starting and ending maintenance each return the terminal's row as a TerminalWrite, so the
+    API's answer waits for its commit instead of the coalesced terminal flush."""
+    e = engine()
+    e.apply(heartbeat_env("T1", 1.0, 1))
+    started = e.set_maintenance("T1", 100.0, 2.0)
+    assert [type(x) for x in started] == [TerminalWrite]
+    assert isinstance(started[0], TerminalWrite)
+    assert (started[0].record.terminal_id, started[0].record.maintenance_until) == ("T1", 100.0)
+    ended = e.set_maintenance("T1", None, 3.0)
+    assert isinstance(ended[0], TerminalWrite)
+    assert ended[0].record.maintenance_until is None
 
 
 def test_tick_only_looks_at_due_deadlines() -> None:

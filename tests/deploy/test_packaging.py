@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import re
 
+from fleetwatch.cli import EXIT_CODES
+from fleetwatch.errors import ConfigError
 from tests.deploy.tools import DEPLOY, REPO
 
 UNIT = DEPLOY / "systemd" / "fleetwatch.service"
@@ -29,7 +31,8 @@ def _unit() -> dict[str, list[str]]:
 def test_systemd_unit_is_sandboxed_and_stops_in_time() -> None:
     """The unit runs the contract's command as a dynamic user with a state directory,
     a read-only system, no home, no new privileges, private /tmp, IP/Unix sockets only,
-    restarts on failure and gives SIGTERM 10 seconds."""
+    restarts on failure except for a configuration error (exit 2, which a restart cannot
+    fix: fleetwatch.cli.EXIT_CODES) and gives SIGTERM 10 seconds."""
     u = _unit()
     expected = {
         "Type": "simple",
@@ -42,6 +45,7 @@ def test_systemd_unit_is_sandboxed_and_stops_in_time() -> None:
         "PrivateTmp": "yes",
         "RestrictAddressFamilies": "AF_INET AF_INET6 AF_UNIX",
         "Restart": "on-failure",
+        "RestartPreventExitStatus": str(EXIT_CODES[ConfigError]),
         "TimeoutStopSec": "10",
         "KillSignal": "SIGTERM",
         "WantedBy": "multi-user.target",

@@ -7,9 +7,7 @@ import re
 from tests.deploy.promql import metric_names, selectors
 from tests.deploy.rulesfile import parse_alert_cases, parse_rules, parse_tested_exprs
 from tests.deploy.tools import DEPLOY, RULE_TESTS_DIR, RULES_FILE, require_binary, run_tool
-from tests.deploy.vocabulary import check_selector, known_series
-
-SEVERITIES = {"info", "minor", "major", "critical"}
+from tests.deploy.vocabulary import SEVERITIES, check_selector, known_series
 
 
 def test_promtool_check_config() -> None:

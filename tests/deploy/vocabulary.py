@@ -1,15 +1,24 @@
 """The metrics the daemon exports (docs: CONTRACT.md §4 plus the team's metric list),
-with their label sets and closed label values, for the static dashboard and rule checks."""
+with their label sets and closed label values, for the static dashboard and rule checks.
+
+The closed value sets are the daemon's own lists (fleetwatch/core/model.py, and the MQTT
+source's connect-failure reasons in fleetwatch/ports.py), never copies: a dashboard or rule
+that selects a value the daemon cannot emit fails here the day the model changes."""
 
 from __future__ import annotations
 
-KINDS = frozenset({"reader", "printer", "network", "power", "tamper", "config", "settlement_gap", "host_outage"})
-SCOPES = frozenset({"terminal", "merchant", "group", "fleet"})
-SEVERITIES = frozenset({"info", "minor", "major", "critical"})
-MESSAGE_TYPES = frozenset({"heartbeat", "txn", "batch", "state", "settlement"})
-REJECT_REASONS = frozenset({"json", "schema", "version", "too_large", "topic", "spoof", "pan"})
-STATES = frozenset({"online", "offline", "shutdown", "maintenance"})
-GAP_CAUSES = frozenset({"batch_not_closed", "totals_mismatch", "not_settled", "settled_short", "saf_backlog"})
+from fleetwatch.core import model
+from fleetwatch.ports import CONNECT_FAILURE_REASONS
+
+KINDS = frozenset(model.KINDS)
+SCOPES = frozenset(model.SCOPES)
+SEVERITIES = frozenset(model.SEVERITIES)
+MESSAGE_TYPES = frozenset(model.MESSAGE_TYPES)
+REJECT_REASONS = frozenset(model.REJECT_REASONS)
+STATES = frozenset(model.TERMINAL_STATES)
+GAP_CAUSES = frozenset(model.CAUSES["settlement_gap"])
+CAUSES = frozenset(cause for causes in model.CAUSES.values() for cause in causes)
+CONNECT_FAILURES = frozenset(CONNECT_FAILURE_REASONS)
 
 # label -> closed set of values, or None when the values are open (currency, model...)
 _Labels = dict[str, frozenset[str] | None]
@@ -28,6 +37,7 @@ METRICS: dict[str, _Labels] = {
     "fleetwatch_settlement_gaps_open": {"cause": GAP_CAUSES},
     "fleetwatch_mqtt_connected": {},
     "fleetwatch_mqtt_reconnects_total": {},
+    "fleetwatch_mqtt_connect_failures_total": {"reason": CONNECT_FAILURES},
     "fleetwatch_store_queue_depth": {},
     "fleetwatch_build_info": {"version": None},
     # Prometheus' own scrape health series

@@ -20,12 +20,12 @@ from typing import Any
 
 import pytest
 
+from tests.golden import shared_dir
 from tests.services import Broker, Daemon
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 DATA = Path(__file__).resolve().parents[1] / "data"
-SHARED_TOOLS = Path(__file__).resolve().parents[3] / "shared" / "tools"
 SCENARIOS = ["decline-storm", "printer-lifecycle", "reader-wear", "offline-and-flap", "host-outage",
              "settlement-day"]
 
@@ -40,7 +40,7 @@ def scenario_config(name: str) -> dict[str, dict[str, Any]]:
 def replay(name: str, broker: Broker, prefix: str) -> float:
     """Run the shared replay tool; returns the start time (epoch ms) it printed first."""
     proc = subprocess.run(
-        [sys.executable, str(SHARED_TOOLS / "replay.py"), str(DATA / f"{name}.jsonl"),
+        [sys.executable, str(shared_dir() / "tools" / "replay.py"), str(DATA / f"{name}.jsonl"),
          "--url", broker.url, "--prefix", prefix],
         capture_output=True, text=True, timeout=180, check=True,
     )
@@ -49,7 +49,7 @@ def replay(name: str, broker: Broker, prefix: str) -> float:
 
 def score(name: str, start: float, daemon: Daemon) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, str(SHARED_TOOLS / "score.py"), str(DATA / f"{name}.expect.json"),
+        [sys.executable, str(shared_dir() / "tools" / "score.py"), str(DATA / f"{name}.expect.json"),
          "--start", str(start), "--api", daemon.api, "--token", daemon.token],
         capture_output=True, text=True, timeout=60, check=False,
     )
@@ -65,6 +65,7 @@ class Run:
 @pytest.fixture(scope="module")
 def golden_runs(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
     """All scenarios replayed concurrently, each into its own daemon."""
+    shared_dir()  # fails at once, naming where it looked, when the shared tools are not there
     runs: dict[str, Run] = {}
     for i, name in enumerate(SCENARIOS):
         workdir = tmp_path_factory.mktemp(name)

@@ -191,7 +191,8 @@ def test_state_survives_a_kill(daemon: Daemon, broker: Broker) -> None:
 
 def test_store_that_cannot_be_written_stops_the_daemon_with_an_error(daemon: Daemon, broker: Broker) -> None:
     """Another process holding the database locked past the busy timeout is unrecoverable: the daemon
-    exits non-zero (so its supervisor restarts it) and never acknowledged the txn it could not store."""
+    exits 3, the store's documented code (so its supervisor restarts it), says so in one line, and
+    never acknowledged the txn it could not store."""
     daemon.start()
     with sqlite3.connect(daemon.db_path, timeout=1, isolation_level=None) as blocker:
         blocker.execute("BEGIN EXCLUSIVE")
@@ -203,8 +204,10 @@ def test_store_that_cannot_be_written_stops_the_daemon_with_an_error(daemon: Dae
             daemon.proc = None
         finally:
             blocker.execute("ROLLBACK")
-    assert code == 1
-    assert "final store write failed" in daemon.logs() or "fatal error" in daemon.logs()
+    assert code == 3
+    fatal = [json.loads(line) for line in daemon.logs().splitlines() if '"exit_code"' in line]
+    assert [(f["level"], f["exit_code"]) for f in fatal] == [("error", 3)], daemon.logs()[-2000:]
+    assert "store write failed" in fatal[0]["event"]
     daemon.start()  # restarted: the unacknowledged txn is redelivered by the broker and stored
     wait_until(lambda: daemon.rows("select txn_id from transactions") == [("L1-1",)],
                what="redelivered txn stored")

@@ -332,7 +332,7 @@ def unsettled(daemon: Daemon) -> dict[tuple[str, str], float]:
 def configure(daemon: Daemon, close_s: float = CLOSE_DEADLINE_S, settle_s: float = SETTLE_DEADLINE_S) -> None:
     daemon.overrides = {
         "detect": {"heartbeat_interval_s": 1.0},
-        "settlement": {"batch_close_deadline_s": close_s, "settlement_deadline_s": settle_s, "sweep_s": 0.25},
+        "settlement": {"batch_close_deadline_s": close_s, "settlement_deadline_s": settle_s},
     }
 
 
