@@ -1,7 +1,7 @@
 """The PostgreSQL store (``store.url = postgresql://...``, or ``postgres://``), with asyncpg.
 
 The same port, tables, migrations and answers as the SQLite store (the store contract
-tests run both); what differs is how the rows travel (docs/decisions/0003-asyncpg.md):
+tests run both); what differs is how the rows travel (docs/decisions/0004-asyncpg.md):
 
 - **One statement per table, fed from typed arrays.** A write sends each table's rows as
   one ``INSERT ... SELECT ... FROM unnest($1::text[], $2::bigint[], ...)``: columns go over
