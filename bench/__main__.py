@@ -22,7 +22,8 @@ def main(argv: list[str] | None = None) -> int:
                    choices=("publisher", "ingest", "stores", "memory", "restart", "metrics", "latency", "all"))
     p.add_argument("--smoke", action="store_true", help="tiny and fast (2,000 messages); no speed targets")
     p.add_argument("--terminals", type=int, default=None, help="fleet of the ingest stream (default 20,000)")
-    p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 600,000)")
+    p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 200,000)")
+    p.add_argument("--repeat", type=int, default=1, help="ingest: run each receiver this many times (median)")
     p.add_argument("--rate", type=float, default=None, help="publish at this many msg/s (default: flat out)")
     p.add_argument("--connections", type=int, default=4, help="publisher connections")
     p.add_argument("--fleet", type=int, default=1_000_000, help="terminals for memory/restart/metrics")
@@ -35,9 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     smoke = a.smoke
     opts = harness.Options(
         terminals=a.terminals or (200 if smoke else 20_000),
-        messages=a.messages or (2_000 if smoke else 600_000),
+        messages=a.messages or (2_000 if smoke else 200_000),
         rate=a.rate, connections=a.connections, fleet=a.fleet, smoke=smoke, no_daemon=a.no_daemon,
-        store=a.store,
+        repeat=max(1, a.repeat), store=a.store,
     )
     what = set(a.what)
     cluster = None

@@ -126,6 +126,20 @@ class Daemon:
                     return n, now
                 time.sleep(0.05)
 
+    def wait_incident(self, terminal_id: str, kind: str, *, within: float = 300.0, every: float = 0.05) -> float | None:
+        """Poll the API until an incident of ``kind`` for ``terminal_id`` is visible (committed to
+        the store); the wall time it was first seen, or None after ``within`` seconds."""
+        deadline = time.monotonic() + within
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        params = {"status": "all", "terminal_id": terminal_id, "kind": kind}
+        with httpx.Client(timeout=10.0, headers=headers) as http:
+            while time.monotonic() < deadline:
+                r = http.get(f"{self.api}/api/v1/incidents", params=params)
+                if r.status_code == 200 and r.json().get("items"):
+                    return time.time()
+                time.sleep(every)
+        return None
+
     def wait_store_settled(self, *, settle_s: float = 3.0, timeout: float = 300.0) -> bool:
         """Poll until nothing waits for the store (``fleetwatch_store_queue_depth`` 0 across
         ``settle_s``, longer than the coalescing window of terminal rows); False on timeout."""
@@ -138,6 +152,12 @@ class Daemon:
                         return True
                 time.sleep(0.5)
         return False
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the daemon process (all its threads) has used so far."""
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def rss_bytes(self) -> int:
         """VmRSS of the daemon process."""

@@ -48,6 +48,10 @@ class Stream:
     txns: int = 0
     txn_ids: dict[str, int] = field(default_factory=dict)
     """terminal_id -> txns published for it (zero-loss check per terminal)."""
+    closing: bytes = b""
+    """One QoS 1 PUBLISH (packet id 1) of a tamper heartbeat, written after the stream: its
+    incident visible in the API marks the end of an end-to-end measurement."""
+    closing_terminal: str = ""
 
     @property
     def messages(self) -> int:
@@ -121,6 +125,12 @@ def mix(terminals: list[Terminal], messages: int, *, prefix: str = "fleet/v1", t
             stream.heartbeats += 1
         lanes.add(t.index % connections, out.topic, out.payload, heartbeat_qos if out.kind == "heartbeat" else 1)
     stream.lanes = lanes.done()
+    closer = terminals[0]
+    closer.tamper = True
+    out = fleet.heartbeat(closer, now, rng, topics)
+    closer.tamper = False
+    stream.closing = wire.publish(out.topic, out.payload, qos=1, packet_id=1, version=version)
+    stream.closing_terminal = closer.terminal_id
     return stream
 
 

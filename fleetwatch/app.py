@@ -73,6 +73,14 @@ def api_token(settings: Settings) -> str:
     return token
 
 
+def terminal_groups(engine: Engine, terminal_id: str) -> dict[str, str | None]:
+    """A terminal's group attributes, for its alerts' labels (Alertmanager's inhibition by group)."""
+    rec = engine.terminal(terminal_id)
+    if rec is None:
+        return {}
+    return {"model": rec.model, "fw": rec.fw, "net_type": rec.net_type}
+
+
 def bind_listener(settings: HttpSettings) -> socket.socket:
     """Bind ``http.listen`` now (uvicorn serves on it later): a busy or foreign address is a ListenError."""
     host, port = settings.host_port
@@ -169,7 +177,9 @@ async def _run_with_store(
     # log_config=None: uvicorn's loggers go through ours (logs.py), so a JSON stream stays JSON.
     server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
                                          lifespan="off", log_config=None))
-    notifier = AlertmanagerNotifier(settings.notify, open_incidents) if settings.notify.alertmanager_url else None
+    notifier = AlertmanagerNotifier(
+        settings.notify, open_incidents, terminal_groups=lambda tid: terminal_groups(engine, tid),
+    ) if settings.notify.alertmanager_url else None
     if notifier is not None:
         pipeline.add_commit_listener(notifier.on_commit)
 

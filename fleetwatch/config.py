@@ -173,6 +173,8 @@ class DetectSettings(_Section):
     reader_baseline_factor: float = Field(default=4.0, gt=1)
     reader_min_share: float = Field(default=0.15, gt=0, lt=1)
     comm_error_min: int = Field(default=3, ge=1)
+    """Failed link attempts (connect, tls, host, rc 06 20 22 30 68) the rate window must
+    hold before ``comm_errors`` opens."""
     upstream_min_terminals: int = Field(default=20, ge=2)
     upstream_min_share: float = Field(default=0.10, gt=0, le=1)
     group_min_terminals: int = Field(default=10, ge=2)
@@ -185,7 +187,23 @@ class DetectSettings(_Section):
     """A terminal back from offline is watched for this long a silence while its incident
     clears (hysteresis): missing a beat then counts as a flap of the same incident."""
     print_error_min: int = Field(default=2, ge=1)
-    """Print-stage errors within a correlation window before ``print_errors`` opens."""
+    """Failed receipts (stage print) the rate window must hold before ``print_errors`` opens."""
+    rate_window_attempts: int = Field(default=20, ge=2)
+    """Link and print failures are judged by their share of a terminal's last this many
+    attempts (comm_errors, print_errors): one success never ends an incident."""
+    rate_window_intervals: float = Field(default=60, gt=0)
+    """Attempts older than this leave the rate window whatever their number."""
+    rate_min_attempts: int = Field(default=5, ge=1)
+    """Attempts the rate window must hold before its share opens or clears anything (an
+    unbroken run of failures reaching comm_error_min / print_error_min opens sooner)."""
+    rate_open_share: float = Field(default=0.5, gt=0, le=1)
+    """Failing share of the window that opens comm_errors / print_errors."""
+    rate_clear_share: float = Field(default=0.2, ge=0, lt=1)
+    """Failing share below which the condition is gone (hysteresis follows); it also goes
+    once no attempt has failed for clear_after_intervals (failures stopped, or no trade)."""
+    rate_baseline_factor: float = Field(default=3.0, ge=1)
+    """The open share is at least this many times the fleet's own failing share
+    (learned per correlation window, not while a host outage is open)."""
     reader_default_baseline: float = Field(default=0.02, ge=0, lt=1)
     """Failing share assumed until a terminal's own healthy baseline is learned."""
     upstream_hold_fraction: float = Field(default=0.1, gt=0, le=1)
@@ -194,7 +212,8 @@ class DetectSettings(_Section):
     group_concentration: float = Field(default=0.25, gt=0, le=1)
     """A group explains a wave when the rest of the fleet fails at most this fraction as often."""
     upstream_baseline_alpha: float = Field(default=0.05, ge=0, le=1)
-    """Smoothing of the fleet's normal failing-terminal count (per correlation window)."""
+    """Smoothing of the fleet's baselines per correlation window: its normal count of
+    failing terminals (upstreams) and its normal failing share of attempts (rates)."""
     merchant_parent_kinds: tuple[str, ...] = ("network", "config")
     """Kinds whose terminal incidents can share a merchant-scope parent (a shop's link or
     acquirer setup); settlement_gap has its own merchant rule."""
@@ -237,6 +256,8 @@ class DetectSettings(_Section):
                              f"(tables: {', '.join(sorted(self.processors)) or 'none'})")
         if self.battery_critical_pct > self.battery_low_pct:
             raise ValueError("detect.battery_critical_pct must not be above detect.battery_low_pct")
+        if self.rate_clear_share >= self.rate_open_share:
+            raise ValueError("detect.rate_clear_share must be below detect.rate_open_share")
         return self
 
 

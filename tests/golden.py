@@ -14,6 +14,7 @@ The incidents are rebuilt from the IncidentWrite effects into the API's shape (R
 times, start = ``START_MS``) and judged with the functions of shared/tools/score.py, found
 at $FLEETWATCH_SHARED, else in ../shared beside the repository (where CI has it). Neither
 is an error with the places tried, never a skip: a judge that is not there judges nothing.
+This project's own scenarios add expectations score.py does not know (:func:`check_extra`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,9 @@ START_MS = 1_795_447_000_000
 PREFIX = "fleet/v1"
 SCENARIOS = ("decline-storm", "printer-lifecycle", "reader-wear", "offline-and-flap", "host-outage",
              "settlement-day")
+"""The shared scenarios (../shared/scenarios), judged by score.py alone."""
+OWN_SCENARIOS = ("outage-bystanders", "dark-shop-tls", "intermittent-link", "busy-burst", "tamper-later-batches")
+"""This project's own scenarios (tests/scenario_streams.py), judged by score.py and check_extra."""
 
 
 SHARED_ENV = "FLEETWATCH_SHARED"
@@ -181,13 +185,82 @@ def judge(run: Run, *, start_ms: int = START_MS) -> list[str]:
         why = score.check_forbidden(items, f, start_ms)
         if why is not None:
             failures.append(f"forbidden {json.dumps(f)}: {why}")
+    return failures + check_extra(items, run.scenario.expect, start_ms)
+
+
+# ---- expectations score.py does not know --------------------------------------------------
+
+_EXTRA_MATCH = ("terminal_id", "merchant_id", "kind", "cause", "scope", "group")
+
+
+def _ms(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp() * 1000
+
+
+def _brief(item: dict[str, Any] | None) -> str | None:
+    if item is None:
+        return None
+    who = item.get("terminal_id") or item.get("merchant_id") or item.get("group") or ""
+    return f"{item['scope']} {who} {item['kind']}/{item['cause']} opened {item['opened_at']}"
+
+
+def _matches(item: dict[str, Any], want: dict[str, Any]) -> bool:
+    return all(item.get(k) == want[k] for k in _EXTRA_MATCH if k in want and want[k] != "*")
+
+
+def check_extra(items: list[dict[str, Any]], expect: dict[str, Any], start_ms: float) -> list[str]:
+    """The expectations of this project's scenarios that score.py ignores (it reads only its own keys).
+
+    In ``incidents`` entries: ``merchant_id`` and ``group`` narrow the match (and some incident
+    must match); ``parent: null`` means every match has no parent and is not suppressed (it is
+    paged); ``parent: {...}`` means every match is suppressed under an incident with those
+    fields; ``open_at_ms`` means some match is open at start + that. ``forbidden_extra``
+    entries forbid any incident matching all their keys.
+
+    ``items`` are the incidents opened before the stream ended (score.py's rule). A parent that
+    is not among them opened after the end, when every terminal falls silent (a shop whose
+    last terminal goes quiet then becomes a merchant incident over one that went quiet long
+    before): it says nothing about the scenario, and ``parent: null`` does not count it.
+    """
+    failures: list[str] = []
+    by_id = {i["id"]: i for i in items}
+    for e in expect.get("incidents", []):
+        found = [i for i in items if _matches(i, e)]
+        label = json.dumps(e)
+        if not found:
+            if any(k in e for k in ("merchant_id", "group", "parent", "open_at_ms")):
+                failures.append(f"{label}: no such incident")
+            continue
+        if "parent" in e:
+            want = e["parent"]
+            for i in found:
+                parent = by_id.get(i.get("parent_id") or "")
+                if want is None:
+                    if parent is not None:
+                        failures.append(f"{label}: {i['id']} has parent {_brief(parent) or i.get('parent_id')} "
+                                        f"(suppressed={i.get('suppressed')}), must stand alone")
+                    continue
+                if parent is None or not i.get("suppressed") or not _matches(parent, want):
+                    failures.append(f"{label}: {i['id']} parent {_brief(parent) or i.get('parent_id')} "
+                                    f"suppressed={i.get('suppressed')}")
+        if "open_at_ms" in e:
+            at = start_ms + e["open_at_ms"]
+            if not any((_ms(i["opened_at"]) or 1e18) <= at and ((_ms(i.get("resolved_at")) or 1e18) > at)
+                       for i in found):
+                failures.append(f"{label}: not open at {e['open_at_ms']} ms")
+    for f in expect.get("forbidden_extra", []):
+        bad = [i for i in items if _matches(i, f)]
+        if bad:
+            failures.append(f"forbidden_extra {json.dumps(f)}: {[(i['scope'], i['kind'], i['cause']) for i in bad]}")
     return failures
 
 
 if __name__ == "__main__":  # pragma: no cover - a developer's quick look
     import sys
 
-    for name in sys.argv[1:] or SCENARIOS:
+    for name in sys.argv[1:] or SCENARIOS + OWN_SCENARIOS:
         r = replay(load(name))
         fails = judge(r)
         print(f"{name}: {len(r.incidents)} incidents, {fails if fails else 'ok'}")

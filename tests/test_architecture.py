@@ -82,6 +82,21 @@ def test_each_database_driver_lives_in_one_adapter(driver: str, adapter: str) ->
     assert users == [adapter]
 
 
+@pytest.mark.parametrize("path", sorted((PACKAGE / "mqtt5").glob("*.py")), ids=lambda p: p.name)
+def test_the_mqtt5_client_knows_nothing_of_fleetwatch(path: Path) -> None:
+    """fleetwatch.mqtt5 is a plain MQTT client: an adapter uses it, it uses no adapter, core or pipeline."""
+    for module in imported_modules(path):
+        if module.startswith("fleetwatch"):
+            assert module.startswith("fleetwatch.mqtt5"), f"{path.name} imports {module}"
+
+
+def test_the_mqtt5_codec_does_no_io() -> None:
+    """The packet codec is pure, so it is tested without a broker."""
+    for module in imported_modules(PACKAGE / "mqtt5" / "codec.py"):
+        top = module.split(".")[0]
+        assert top == "__future__" or (top in sys.stdlib_module_names and top not in CORE_FORBIDDEN_STDLIB), module
+
+
 def test_nothing_stops_processes_by_name() -> None:
     """Tests, scripts and the package stop only the processes they started, by pid: no pkill,
     killall or pgrep-and-kill by name, which would stop an operator's own Prometheus or broker."""

@@ -24,3 +24,16 @@ def test_ingest_smoke_runs_end_to_end_without_loss() -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "transactions stored" in result.stdout
+
+
+@pytest.mark.slow
+def test_mqtt_client_bench_runs_every_receiver_to_the_end() -> None:
+    """`python -m bench.mqtt_bench` on a small stream: every receiver (mosquitto_sub, gmqtt,
+    gmqtt trimmed, the lean client) gets every message, or the bench exits 1."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench.mqtt_bench", "--messages", "2000", "--repeat", "1"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for receiver in ("mosquitto_sub", "gmqtt", "gmqtt-trimmed", "lean"):
+        assert f"\n{receiver} " in result.stdout

@@ -6,6 +6,11 @@ sent as an alert with an ``endsAt`` a few resend periods ahead and re-sent every
 ``notify.resend_s`` while it stays pageable, so alerts expire by themselves if the daemon
 dies; when it resolves (or becomes suppressed) it is sent once more ending now.
 Alertmanager does the grouping, inhibition and routing (deploy/alertmanager/).
+
+For the inhibition to know which terminals a group incident covers, a group incident's
+alert carries its group's attributes as labels (``model``, ``fw``, ``net_type``) and a
+terminal incident's alert the terminal's own (looked up once, when the incident is first
+seen, so an alert keeps its labels for life).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import httpx
@@ -25,9 +30,20 @@ from fleetwatch.timefmt import rfc3339
 
 log = structlog.get_logger("fleetwatch.notify")
 
+GROUP_ATTRIBUTES = ("model", "fw", "net_type")
+"""The attributes a correlation group is made of: labels on group and terminal alerts."""
 
-def alert_for(incident: Incident, *, ends_at: float, generator_url: str = "") -> dict[str, Any]:
-    """One Alertmanager alert describing one incident (labels are what routing uses)."""
+TerminalGroups = Callable[[str], Mapping[str, str | None]]
+"""terminal_id -> its model, fw and net_type as the daemon knows them (None: unknown)."""
+
+
+def alert_for(
+    incident: Incident, *, ends_at: float, generator_url: str = "", kit: Mapping[str, str | None] | None = None,
+) -> dict[str, Any]:
+    """One Alertmanager alert describing one incident (labels are what routing and inhibition use).
+
+    ``kit``: a terminal incident's terminal attributes (:data:`GROUP_ATTRIBUTES`).
+    """
     labels = {
         "alertname": "FleetwatchIncident",
         "source": "fleetwatch",
@@ -43,6 +59,11 @@ def alert_for(incident: Incident, *, ends_at: float, generator_url: str = "") ->
         labels["terminal_id"] = incident.terminal_id
     if incident.group:
         labels["group"] = ",".join(f"{k}={v}" for k, v in sorted(incident.group.items()))
+    attributes = incident.group if incident.scope == "group" else kit if incident.scope == "terminal" else None
+    for name in GROUP_ATTRIBUTES:
+        value = (attributes or {}).get(name)
+        if value:
+            labels[name] = value
     alert: dict[str, Any] = {
         "labels": labels,
         "annotations": {"summary": incident.summary, "description": f"{incident.kind}/{incident.cause}"},
@@ -57,11 +78,17 @@ def alert_for(incident: Incident, *, ends_at: float, generator_url: str = "") ->
 class AlertmanagerNotifier:
     """Keeps the set of pageable incidents and mirrors it into Alertmanager."""
 
-    def __init__(self, settings: NotifySettings, initial: Iterable[Incident] = ()) -> None:
+    def __init__(
+        self, settings: NotifySettings, initial: Iterable[Incident] = (), *,
+        terminal_groups: TerminalGroups | None = None,
+    ) -> None:
         self._settings = settings
         self._min_rank = SEVERITY_RANK[settings.min_severity]
         self._pageable: dict[str, Incident] = {}
         self._ending: dict[str, Incident] = {}
+        self._kits: dict[str, Mapping[str, str | None]] = {}
+        """incident id -> its terminal's attributes, taken when the incident was first pageable."""
+        self._terminal_groups = terminal_groups
         self._changed = asyncio.Event()
         for incident in initial:
             self._track(incident)
@@ -80,6 +107,8 @@ class AlertmanagerNotifier:
         if self.is_pageable(incident):
             if incident.id not in self._pageable:
                 self._changed.set()
+                if incident.terminal_id and incident.scope == "terminal" and self._terminal_groups is not None:
+                    self._kits.setdefault(incident.id, dict(self._terminal_groups(incident.terminal_id)))
             self._pageable[incident.id] = incident
         elif incident.id in self._pageable:
             self._ending[incident.id] = self._pageable.pop(incident.id)
@@ -89,8 +118,9 @@ class AlertmanagerNotifier:
         """What to post now: every pageable incident, plus endings not yet delivered."""
         horizon = now + 4 * self._settings.resend_s
         url = self._settings.generator_url
-        alerts = [alert_for(i, ends_at=horizon, generator_url=url) for i in self._pageable.values()]
-        alerts += [alert_for(i, ends_at=now, generator_url=url) for i in self._ending.values()]
+        kits = self._kits
+        alerts = [alert_for(i, ends_at=horizon, generator_url=url, kit=kits.get(i.id)) for i in self._pageable.values()]
+        alerts += [alert_for(i, ends_at=now, generator_url=url, kit=kits.get(i.id)) for i in self._ending.values()]
         return alerts
 
     async def run(self) -> None:
@@ -118,3 +148,5 @@ class AlertmanagerNotifier:
             return
         for incident_id in ending:
             self._ending.pop(incident_id, None)
+            if incident_id not in self._pageable:
+                self._kits.pop(incident_id, None)

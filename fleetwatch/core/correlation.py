@@ -10,9 +10,17 @@ Each failing terminal is counted once, fleet-wide and in its groups (model, mode
 net_type). A group whose failing share is high while the rest of the fleet is fine
 opens a ``group`` host_outage naming that group (a certificate expired on one model's
 firmware); a jump over the fleet's own baseline opens one ``fleet`` host_outage; a
-group that covers nearly the whole active fleet is reported as the fleet. Terminal
-network incidents of the failing terminals become its suppressed children, so on-call
-gets one page and merchants are told it is not their terminal.
+group that covers nearly the whole active fleet is reported as the fleet. The
+denominators come from the :class:`~fleetwatch.core.census.FleetCensus` the engine
+keeps; what each open upstream is built on is kept in
+:class:`~fleetwatch.core.upstreams.Upstreams`.
+
+**Adoption by evidence** (:mod:`fleetwatch.core.adoption` holds the table): an upstream
+adopts an incident only when the table says its cause explains the incident's, its
+scope covers the terminal, and the incident opened at most one correlation window
+before it or while it is open; a merchant-scope incident goes under an upstream only
+when the upstream covers strictly more than half of the merchant's affected terminals.
+What it does not explain stays unparented and is paged.
 
 The upstream resolves after ``upstream_clear_intervals`` without the failures that
 opened it (fewer than ``upstream_hold_fraction`` of its peak still failing); then its
@@ -20,22 +28,24 @@ children that recovered resolve and the ones still failing stand alone.
 
 Merchant parents come from the open incidents themselves: when at least
 ``merchant_min_terminals`` and ``merchant_min_share`` of a merchant's terminals have the
-same kind open (and no upstream explains them), one merchant incident carries them.
-For ``settlement_gap``, gaps on two or more terminals of a merchant get one merchant
-incident whose evidence sums the money per currency.
+same kind open in one cause family (and no other parent holds them), one merchant
+incident carries them. For ``settlement_gap``, gaps on two or more terminals of a
+merchant get one merchant incident whose evidence sums the money per currency.
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter, deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any, Final
 
 from fleetwatch.config import DetectSettings
+from fleetwatch.core.adoption import cause_family, explains, explains_cause
+from fleetwatch.core.census import FLEET, FleetCensus, group_labels, label_of_group
 from fleetwatch.core.incidents import IncidentBook
 from fleetwatch.core.model import (
+    CAUSES,
     SEVERITY_RANK,
     Clear,
     Finding,
@@ -43,34 +53,17 @@ from fleetwatch.core.model import (
     IncidentWrite,
     Kind,
     Severity,
-    group_json,
     incident_key,
 )
 from fleetwatch.core.rules import terminal_key
+from fleetwatch.core.upstreams import HOST_ERRORS, OFFLINE_WAVE, Upstream, Upstreams
 
-FLEET: Final = "fleet"
-HOST_ERRORS: Final = "host_errors"
-OFFLINE_WAVE: Final = "offline_wave"
+LabelsOf = Callable[[str], tuple[str, ...]]
+"""terminal_id -> its correlation labels now (the engine knows its model, firmware, link)."""
 
-_LABELS: dict[tuple[str | None, str | None, str | None], tuple[str, ...]] = {}
-
-
-def group_labels(model: str | None, fw: str | None, net_type: str | None) -> tuple[str, ...]:
-    """The correlation groups of a terminal: fleet, model, model+fw, net_type (memoised)."""
-    k = (model, fw, net_type)
-    labels = _LABELS.get(k)
-    if labels is None:
-        out = [FLEET]
-        if model is not None:
-            out.append(group_json({"model": model}) or "")
-            if fw is not None:
-                out.append(group_json({"model": model, "fw": fw}) or "")
-        if net_type is not None:
-            out.append(group_json({"net_type": net_type}) or "")
-        labels = tuple(out)
-        if len(_LABELS) < 100_000:
-            _LABELS[k] = labels
-    return labels
+_CAUSE_RANK: Final[dict[tuple[str, str], int]] = {
+    (kind, cause): i for kind, causes in CAUSES.items() for i, cause in enumerate(causes)
+}
 
 
 def upstream_key(label: str) -> str:
@@ -126,99 +119,93 @@ class WindowSet:
         return [t for t, (_, labels) in self.items.items() if label in labels]
 
 
-@dataclass(slots=True)
-class Upstream:
-    """One open upstream incident the correlator manages."""
-
-    label: str
-    key: str
-    cause: str
-    peak: int = 0
-    quiet_since: float | None = None
-    members: set[str] = field(default_factory=set)
-    """offline_wave: terminals of the wave still offline."""
-
-
 class Correlator:
-    """Fleet, group and merchant parents over the incident book (its Observer)."""
+    """Fleet, group and merchant parents over the incident book.
 
-    def __init__(self, cfg: DetectSettings, book: IncidentBook) -> None:
+    Collaborators are passed in and never changed behind anyone's back: the incident
+    book it opens, attaches and resolves in; the census it reads the denominators from;
+    and ``labels_of``, the engine's answer to "which groups is this terminal in now".
+    """
+
+    def __init__(
+        self, cfg: DetectSettings, book: IncidentBook, census: FleetCensus, labels_of: LabelsOf,
+    ) -> None:
         self._cfg = cfg
         self._book = book
+        self._census = census
+        self._labels_of = labels_of
         self._window = cfg.intervals(cfg.correlation_window_intervals)
         self._clear_s = cfg.intervals(cfg.upstream_clear_intervals)
-        self.active: Counter[str] = Counter()
-        """Online terminals per correlation label."""
-        self.merchant_size: Counter[str] = Counter()
-        """Terminals per merchant that are not shut down."""
         self.host = WindowSet(self._window)
         self.host_recent = WindowSet(cfg.heartbeat_interval_s)
         self.offline = WindowSet(self._window)
-        self.upstreams: dict[str, Upstream] = {}
+        self.upstreams = Upstreams()
+        """The open upstream incidents and the terminals each is built on."""
         self.baseline: dict[str, float] = {HOST_ERRORS: 0.0, OFFLINE_WAVE: 0.0}
         self._dirty: set[tuple[str, str]] = set()
-        self._merchant_kinds = frozenset(cfg.merchant_parent_kinds)
+        self._merchant_kinds = frozenset(cfg.merchant_parent_kinds) | {"settlement_gap"}
         self._last_tick: float | None = None
-        book.observer = self
 
     # ---- facts from the engine --------------------------------------------------------
 
-    def host_failure(self, tid: str, labels: tuple[str, ...], at: float) -> None:
+    def record_host_failure(self, tid: str, labels: tuple[str, ...], at: float) -> None:
         """A host-side failure on one terminal."""
         self.host.add(tid, labels, at)
         self.host_recent.add(tid, labels, at)
+        self.upstreams.saw_failure(tid, labels, HOST_ERRORS)
 
-    def went_offline(self, tid: str, labels: tuple[str, ...], at: float) -> None:
-        """A terminal went offline; waves in its scope count it as a member."""
+    def record_offline(self, tid: str, labels: tuple[str, ...], at: float) -> None:
+        """A terminal went offline; waves in its scope count it."""
         self.offline.add(tid, labels, at)
-        for label in labels:
-            up = self.upstreams.get(label)
-            if up is not None and up.cause == OFFLINE_WAVE:
-                up.members.add(tid)
+        self.upstreams.saw_failure(tid, labels, OFFLINE_WAVE)
 
-    def came_back(self, tid: str) -> None:
+    def record_back(self, tid: str) -> None:
         """A terminal spoke again: it no longer counts toward an offline wave."""
         self.offline.remove(tid)
-        for up in self.upstreams.values():
-            up.members.discard(tid)
+        self.upstreams.saw_back(tid)
 
-    # ---- Observer ---------------------------------------------------------------------
+    # ---- adoption of a new incident ---------------------------------------------------
 
-    def parent_for(self, finding: Finding) -> Incident | None:
-        """A new terminal incident's parent: its merchant's incident, else an upstream."""
-        if finding.scope != "terminal" or finding.terminal_id is None:
+    def parent_for_new(self, f: Finding) -> Incident | None:
+        """The open parent a terminal incident about to open from ``f`` belongs to, if any.
+
+        Its merchant's incident when that explains it, else the most specific open
+        upstream whose scope covers the terminal and whose cause explains it. None for a
+        key that is open already (its parent was settled when it opened).
+        """
+        tid = f.terminal_id
+        if f.scope != "terminal" or tid is None or self._book.open_at(f.key) is not None:
             return None
-        kind = finding.kind
-        if finding.merchant_id is not None and (kind in self._merchant_kinds or kind == "settlement_gap"):
-            parent = self._book.open_at(incident_key("merchant", kind, merchant_id=finding.merchant_id))
-            if parent is not None:
+        kind = f.kind
+        if f.merchant_id is not None and kind in self._merchant_kinds:
+            parent = self._book.open_at(incident_key("merchant", kind, merchant_id=f.merchant_id))
+            if parent is not None and explains_cause(parent, kind, f.cause, "terminal"):
                 return parent
-        if kind == "network":
-            return self._upstream_for(finding.terminal_id)
+        if not self.upstreams:
+            return None
+        for label in sorted(self._labels_of(tid), key=_specificity, reverse=True):
+            up = self.upstreams.at(label)
+            if up is None:
+                continue
+            inc = self._book.get(up.incident_id)
+            if inc is not None and explains_cause(inc, kind, f.cause, "terminal"):
+                return inc
         return None
-
-    def changed(self, inc: Incident) -> None:
-        """Track merchants to re-judge; forget upstreams resolved by hand."""
-        if inc.scope == "terminal":
-            if inc.merchant_id is not None and (inc.kind in self._merchant_kinds or inc.kind == "settlement_gap"):
-                self._dirty.add((inc.merchant_id, inc.kind))
-        elif inc.kind == "host_outage" and not inc.is_open:
-            for label, up in list(self.upstreams.items()):
-                if up.key == inc.key:
-                    del self.upstreams[label]
 
     # ---- restore ------------------------------------------------------------------------
 
     def restore(self, open_incidents: Iterable[Incident]) -> None:
-        """Adopt open host_outage incidents; members are their open children's terminals."""
+        """Track open host_outage incidents; they are built on their open children's terminals."""
         for inc in open_incidents:
             if inc.kind != "host_outage" or inc.scope not in ("fleet", "group"):
                 continue
-            label = FLEET if inc.scope == "fleet" else (group_json(inc.group) or "")
             kids = {c.terminal_id for c in self._book.children(inc.id) if c.terminal_id is not None}
-            self.upstreams[label] = Upstream(label, inc.key, inc.cause, peak=len(kids), members=kids)
+            self.upstreams.add(Upstream(
+                label_of_group(inc.group), inc.key, inc.id, inc.cause, inc.opened_at, peak=len(kids),
+                members=set(kids), still_offline=set(kids) if inc.cause == OFFLINE_WAVE else set(),
+            ))
 
-    # ---- judgement ------------------------------------------------------------------------
+    # ---- upstreams over time --------------------------------------------------------------
 
     def tick(self, now: float) -> list[IncidentWrite]:
         """Expire windows, open upstreams that are significant, resolve quiet ones."""
@@ -228,37 +215,40 @@ class Correlator:
         for ws in (self.host, self.host_recent, self.offline):
             ws.expire(now)
         for cause, ws in ((HOST_ERRORS, self.host), (OFFLINE_WAVE, self.offline)):
-            label = self._candidate(cause, ws)
+            label = self._significant_label(cause, ws)
             if label is None:
-                if not any(u.cause == cause for u in self.upstreams.values()):
-                    self._learn(cause, ws.counts.get(FLEET, 0), dt)
+                if not self.upstreams.any_open(cause):
+                    self._learn_baseline(cause, ws.counts.get(FLEET, 0), dt)
                 continue
-            out.extend(self._open_or_refresh(label, cause, ws, now))
-        for label, up in list(self.upstreams.items()):
-            out.extend(self._hold_or_resolve(label, up, now))
-        out.extend(self.settle(now))
+            out.extend(self._open_or_refresh_upstream(label, cause, ws, now))
+        for up in self.upstreams:
+            out.extend(self._hold_or_resolve_upstream(up, now))
         return out
 
-    def _learn(self, cause: str, failing: int, dt: float) -> None:
+    def _learn_baseline(self, cause: str, failing: int, dt: float) -> None:
         """The fleet's normal failing count, smoothed per correlation window."""
         alpha = min(1.0, self._cfg.upstream_baseline_alpha * dt / self._window)
         self.baseline[cause] += alpha * (failing - self.baseline[cause])
 
-    def _candidate(self, cause: str, ws: WindowSet) -> str | None:
+    def _active(self, label: str, failing: int, cause: str) -> int:
+        """The share's denominator: online terminals, plus the failing ones for a wave
+        (a terminal that went offline left the online count)."""
+        return self._census.active(label) + (failing if cause == OFFLINE_WAVE else 0)
+
+    def _significant_label(self, cause: str, ws: WindowSet) -> str | None:
         """The label whose failures are significant now, or None."""
         cfg = self._cfg
         failing = ws.counts.get(FLEET, 0)
         if failing < min(cfg.upstream_min_terminals, cfg.group_min_terminals):
             return None
-        offline = cause == OFFLINE_WAVE
-        fleet_active = self.active.get(FLEET, 0) + (failing if offline else 0)
+        fleet_active = self._active(FLEET, failing, cause)
         if fleet_active <= 0:
             return None
         best: tuple[float, int, str] | None = None
         for label, f in ws.counts.items():
             if label == FLEET or f < cfg.group_min_terminals:
                 continue
-            a = self.active.get(label, 0) + (f if offline else 0)
+            a = self._active(label, f, cause)
             if a <= 0 or a >= cfg.fleet_share_for_group * fleet_active:
                 continue
             share = f / a
@@ -270,7 +260,7 @@ class Correlator:
             rank = (share, _specificity(label), label)
             if best is None or rank > best:
                 best = rank
-        fleet_up = self.upstreams.get(FLEET)
+        fleet_up = self.upstreams.at(FLEET)
         if best is not None and not (fleet_up is not None and fleet_up.cause == cause):
             return best[2]
         excess = failing - self.baseline[cause]
@@ -278,10 +268,17 @@ class Correlator:
             return FLEET
         return None
 
-    def _open_or_refresh(self, label: str, cause: str, ws: WindowSet, now: float) -> list[IncidentWrite]:
+    def _open_or_refresh_upstream(self, label: str, cause: str, ws: WindowSet, now: float) -> list[IncidentWrite]:
+        """Open the upstream of ``label`` (and adopt what it explains), or refresh its evidence.
+
+        An upstream keeps the cause it opened with: the other signal becoming significant
+        on the same label does not re-cause it (its terminals are not explained by it).
+        """
+        up = self.upstreams.at(label)
+        if up is not None and up.cause != cause and self._book.get(up.incident_id) is not None:
+            return []
         failing = ws.counts.get(label, 0)
-        offline = cause == OFFLINE_WAVE
-        active = self.active.get(label, 0) + (failing if offline else 0)
+        active = self._active(label, failing, cause)
         group: dict[str, str] | None = None if label == FLEET else json.loads(label)
         evidence: dict[str, Any] = {
             "failing_terminals": failing, "active_terminals": active,
@@ -290,8 +287,6 @@ class Correlator:
         }
         if label == FLEET:
             evidence["baseline_terminals"] = round(self.baseline[cause], 2)
-        up = self.upstreams.get(label)
-        opened = up is None or self._book.open_at(up.key) is None
         what = "host errors" if cause == HOST_ERRORS else "terminals going offline"
         where = "across the fleet" if group is None else "on " + ", ".join(f"{k} {v}" for k, v in group.items())
         f = Finding(
@@ -300,37 +295,77 @@ class Correlator:
             at=now, group=group, evidence=evidence, detected_from=now,
         )
         out = self._book.open_direct(f)
-        if not opened:
-            return out
-        up = Upstream(label, f.key, cause, peak=failing)
-        if offline:
-            up.members = set(ws.members(label))
-        self.upstreams[label] = up
         parent = self._book.open_at(f.key)
-        if parent is None:
+        if parent is None or (up is not None and up.incident_id == parent.id):
             return out
-        for tid in ws.members(label):
-            child = self._book.open_at(terminal_key(tid, "network"))
-            if child is None:
-                continue
-            mparent = self._book.get(child.parent_id) if child.parent_id else None
-            if mparent is not None and mparent.scope == "merchant":
-                out.extend(self._book.attach(mparent, parent, now))
-            else:
-                out.extend(self._book.attach(child, parent, now))
-        if label == FLEET:
-            for other in self.upstreams.values():
-                if other.label != FLEET and other.cause == cause:
-                    inc = self._book.open_at(other.key)
-                    if inc is not None:
-                        out.extend(self._book.attach(inc, parent, now))
+        members = set(ws.members(label))
+        up = self.upstreams.add(Upstream(
+            label, f.key, parent.id, cause, parent.opened_at, peak=failing, members=members,
+            still_offline=set(members) if cause == OFFLINE_WAVE else set(),
+        ))
+        out.extend(self._adopt_existing(up, parent, now))
         return out
 
-    def _hold_or_resolve(self, label: str, up: Upstream, now: float) -> list[IncidentWrite]:
-        if self._book.open_at(up.key) is None:
-            del self.upstreams[label]
+    def _adopt_existing(self, up: Upstream, parent: Incident, now: float) -> list[IncidentWrite]:
+        """A new upstream adopts the open incidents it explains that opened at most one
+        correlation window before it: its terminals' network incidents, their merchants'
+        incidents it covers, and (for the fleet) the narrower upstreams of its cause."""
+        since = parent.opened_at - self._window
+        book = self._book
+        out: list[IncidentWrite] = []
+        merchants: dict[str, Incident] = {}
+        for tid in sorted(up.members):
+            child = book.open_at(terminal_key(tid, "network"))
+            if child is None:
+                continue
+            holder = book.get(child.parent_id) if child.parent_id is not None else None
+            if holder is not None:
+                if holder.scope == "merchant":
+                    merchants[holder.id] = holder
+                continue
+            if child.opened_at >= since:
+                out.extend(book.attach(child, parent, now))
+        for merchant_inc in merchants.values():
+            out.extend(self._adopt_merchant(merchant_inc, now))
+        if up.label == FLEET:
+            for other in self.upstreams:
+                inc = book.get(other.incident_id)
+                if other is not up and inc is not None and inc.opened_at >= since:
+                    out.extend(book.attach(inc, parent, now))
+        return out
+
+    def _adopt_merchant(self, merchant_inc: Incident, now: float) -> list[IncidentWrite]:
+        """Put a merchant incident under the open upstream that explains it and covers
+        strictly more than half of its affected terminals (the most such, then the most
+        specific), if it opened at most one correlation window before that upstream."""
+        book = self._book
+        if merchant_inc.parent_id is not None and book.get(merchant_inc.parent_id) is not None:
             return []
-        still = self.host_recent.counts.get(label, 0) if up.cause == HOST_ERRORS else len(up.members)
+        affected = [c for c in book.children(merchant_inc.id) if c.terminal_id is not None]
+        if not affected:
+            return []
+        best: tuple[int, int, str, Incident] | None = None
+        for up in self.upstreams:
+            inc = book.get(up.incident_id)
+            if inc is None or not explains(inc, merchant_inc):
+                continue
+            if merchant_inc.opened_at < inc.opened_at - self._window:
+                continue
+            covered = sum(1 for c in affected
+                          if up.label in self._labels_of(c.terminal_id or "") and explains(inc, c))
+            if 2 * covered <= len(affected):
+                continue
+            rank = (covered, _specificity(up.label), up.label, inc)
+            if best is None or rank[:3] > best[:3]:
+                best = rank
+        return [] if best is None else book.attach(merchant_inc, best[3], now)
+
+    def _hold_or_resolve_upstream(self, up: Upstream, now: float) -> list[IncidentWrite]:
+        """Keep an upstream open while its failures go on; resolve it once they stopped."""
+        if self._book.get(up.incident_id) is None:
+            self.upstreams.drop(up)
+            return []
+        still = self.host_recent.counts.get(up.label, 0) if up.cause == HOST_ERRORS else len(up.still_offline)
         up.peak = max(up.peak, still)
         if still >= max(1.0, self._cfg.upstream_hold_fraction * up.peak):
             up.quiet_since = None
@@ -339,26 +374,20 @@ class Correlator:
             up.quiet_since = now
         if now - up.quiet_since < self._clear_s:
             return []
-        del self.upstreams[label]
+        self.upstreams.drop(up)
         return self._book.resolve_now(up.key, now, "upstream_quiet")
-
-    def _upstream_for(self, tid: str) -> Incident | None:
-        for ws in (self.host, self.offline):
-            item = ws.items.get(tid)
-            if item is None:
-                continue
-            for label in sorted(item[1], key=_specificity, reverse=True):
-                up = self.upstreams.get(label)
-                if up is not None:
-                    inc = self._book.open_at(up.key)
-                    if inc is not None:
-                        return inc
-        return None
 
     # ---- merchants ------------------------------------------------------------------------
 
-    def settle(self, now: float) -> list[IncidentWrite]:
-        """Re-judge the merchants whose terminal incidents changed."""
+    def judge_merchants(self, touched: Iterable[Incident], now: float) -> list[IncidentWrite]:
+        """Re-judge the merchants whose terminal incidents changed (``touched``, from
+        :meth:`IncidentBook.take_touched`); forget upstreams resolved by hand."""
+        for inc in touched:
+            if inc.scope == "terminal":
+                if inc.merchant_id is not None and inc.kind in self._merchant_kinds:
+                    self._dirty.add((inc.merchant_id, inc.kind))
+            elif inc.kind == "host_outage" and not inc.is_open:
+                self.upstreams.drop_incident(inc.id)
         if not self._dirty:
             return []
         dirty, self._dirty = self._dirty, set()
@@ -372,13 +401,14 @@ class Correlator:
         mkey = incident_key("merchant", kind, merchant_id=merchant)  # type: ignore[arg-type]
         parent = book.open_at(mkey)
         incs = [i for k in book.terminal_keys(merchant, kind) if (i := book.open_at(k)) is not None]
-        failing = [i for i in incs if i.clearing_since is None and self._free_or_ours(i, parent)]
+        free = [i for i in incs if i.clearing_since is None and self._counts_for_merchant(i, parent)]
+        failing = self._one_family(kind, free, parent)
         terminals = {i.terminal_id for i in failing}
         if kind == "settlement_gap":
             holds = len(terminals) >= 2
             evidence = _money_evidence(failing)
         else:
-            size = max(self.merchant_size.get(merchant, 0), len(terminals))
+            size = max(self._census.merchant_size(merchant), len(terminals))
             holds = len(terminals) >= self._cfg.merchant_min_terminals and \
                 len(terminals) >= self._cfg.merchant_min_share * size
             evidence = {"merchant_terminals": size}
@@ -387,7 +417,7 @@ class Correlator:
         evidence["failing_terminals"] = len(terminals)
         causes = Counter(i.cause for i in failing)
         severity: Severity = max((i.severity for i in failing), key=SEVERITY_RANK.__getitem__)
-        cause = causes.most_common(1)[0][0]
+        cause = min(causes, key=lambda c: (-causes[c], _CAUSE_RANK.get((kind, c), 99)))
         f = Finding(
             key=mkey, kind=kind, cause=cause, severity=severity,  # type: ignore[arg-type]
             scope="merchant", summary=f"{len(terminals)} terminals of merchant {merchant}: {cause}",
@@ -399,16 +429,24 @@ class Correlator:
             return out
         for i in failing:
             out.extend(book.attach(i, parent, now))
-        if parent.parent_id is None and kind == "network":
-            ups = Counter(u.id for i in failing if (u := self._upstream_for(i.terminal_id or "")) is not None)
-            if ups:
-                up_id, n = ups.most_common(1)[0]
-                up_inc = book.get(up_id)
-                if up_inc is not None and 2 * n >= len(failing):
-                    out.extend(book.attach(parent, up_inc, now))
+        if kind == "network" and self.upstreams:
+            out.extend(self._adopt_merchant(parent, now))
         return out
 
-    def _free_or_ours(self, inc: Incident, parent: Incident | None) -> bool:
+    @staticmethod
+    def _one_family(kind: str, incs: list[Incident], parent: Incident | None) -> list[Incident]:
+        """The incidents of one cause family: the open parent's, else the family with the
+        most terminals (a shop's silent link and its weak signal are different problems)."""
+        if not incs:
+            return incs
+        if parent is not None:
+            family = cause_family(kind, parent.cause)
+        else:
+            sizes = Counter(cause_family(kind, i.cause) for i in incs)
+            family = min(sizes, key=lambda fam: (-sizes[fam], fam))
+        return [i for i in incs if cause_family(kind, i.cause) == family]
+
+    def _counts_for_merchant(self, inc: Incident, parent: Incident | None) -> bool:
         """Counts toward a merchant parent: no open parent, or the merchant's own."""
         if inc.parent_id is None:
             return True
@@ -427,4 +465,6 @@ def _money_evidence(incs: list[Incident]) -> dict[str, Any]:
     return {"amount_minor": dict(sorted(by_currency.items())), "gaps": len(incs)}
 
 
-__all__ = ["FLEET", "Correlator", "Kind", "Upstream", "WindowSet", "group_labels", "upstream_key"]
+__all__ = [
+    "FLEET", "Correlator", "Kind", "LabelsOf", "Upstream", "Upstreams", "WindowSet", "group_labels", "upstream_key",
+]

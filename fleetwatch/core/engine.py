@@ -8,8 +8,15 @@ below. Inside, a message goes:
                       \\-> settlement book ----------------/       \\-> correlator
 
 and the clock goes through :meth:`Engine.tick`: silence (a deadline heap: only the
-terminals whose deadline passed are looked at, never all of them), comm-error runs whose
-waiting window is over, settlement deadlines, hysteresis, and the correlator's windows.
+terminals whose deadline passed are looked at, never all of them), link and print rate
+windows that asked to be looked at again, settlement deadlines, hysteresis, and the
+correlator's windows.
+
+The engine owns the fleet census (:class:`~fleetwatch.core.census.FleetCensus`): every
+change of a terminal's state, merchant or group is told to it in one place, and the
+correlator reads its denominators from it. For each new terminal incident the engine
+asks the correlator for the parent that explains it and hands both to the incident book;
+what the book touched goes back to the correlator to re-judge merchants.
 
 Liveness is the receive time of any non-retained message from the terminal. A
 retained State is history: it never proves liveness and never opens anything. After
@@ -26,27 +33,32 @@ from collections.abc import Callable, Iterable, Sequence
 
 from fleetwatch.config import DetectSettings, SettlementSettings
 from fleetwatch.core.attribution import HOST_SIDE, Attributor
-from fleetwatch.core.correlation import Correlator, group_labels
+from fleetwatch.core.census import FLEET, FleetCensus, group_labels
+from fleetwatch.core.correlation import Correlator
 from fleetwatch.core.incidents import IncidentBook
 from fleetwatch.core.messages import BatchClose, Envelope, Heartbeat, Settlement, StateMsg, TxnResult
 from fleetwatch.core.model import (
     BatchRecord,
     Effect,
+    Finding,
     Incident,
     Signal,
     TerminalRecord,
     TerminalWrite,
     TxnWrite,
 )
+from fleetwatch.core.rates import FleetRates
 from fleetwatch.core.rules import (
     COND_BITS,
     HEARTBEAT_RULES,
     KIND_MASK,
     OFFLINE_BIT,
+    RATE_BITS,
     TXN_RULES,
     Ctx,
     came_back,
-    comm_errors_due,
+    rates_due,
+    resume_rate,
     run_rules,
     went_offline,
 )
@@ -63,6 +75,7 @@ from fleetwatch.core.state import (
     from_record,
     to_record,
 )
+from fleetwatch.core.upstreams import HOST_ERRORS
 from fleetwatch.errors import IncidentNotOpen
 
 MAINTENANCE = "maintenance"
@@ -92,13 +105,14 @@ class Engine:
         self._wakes: list[tuple[float, str]] = []
         self._judge_from = float("-inf")
         self._started_at = float("-inf")
+        self._census = FleetCensus()
         self._book = IncidentBook(detect, new_id or _uuid_hex)
-        self._corr = Correlator(detect, self._book)
+        self._corr = Correlator(detect, self._book, self._census, self._labels_of)
         self._settle = SettlementBook(settlement)
         self._attr = Attributor(detect)
-        self._ctx = Ctx(detect)
+        self._rates = FleetRates(detect)
+        self._ctx = Ctx(detect, self._rates)
         self._recent: dict[tuple[str, str], None] = {}
-        self._tally: Counter[tuple[str, str | None]] = Counter()
         self._maint: dict[str, float] = {}
 
     # ---- start ----------------------------------------------------------------------------
@@ -115,9 +129,7 @@ class Engine:
             st = from_record(rec, self._intern)
             self._adopt(st, online_groups)
         heapq.heapify(self._silence)  # _adopt appended the deadlines unordered: one O(n) heapify
-        for labels, n in online_groups.items():  # group counts added once per kit, not per terminal
-            for label in labels:
-                self._corr.active[label] += n
+        self._census.joined_online_in_bulk(online_groups.items())  # once per kit, not per terminal
         self._book.restore(incidents)
         gap_keys: list[str] = []
         for inc in self._book.open_incidents():
@@ -129,6 +141,8 @@ class Engine:
                 if bit is not None:
                     st = self._terms.get(inc.terminal_id) or self._create(inc.terminal_id, inc.merchant_id)
                     st.conds |= bit
+                    if bit & RATE_BITS:
+                        heapq.heappush(self._wakes, (resume_rate(st, bit, now, self._cfg), st.terminal_id))
                     if inc.kind == "power":
                         st.batt_fired |= 3 if inc.cause == "battery_critical" else 1
         self._corr.restore(self._book.open_incidents())
@@ -140,13 +154,13 @@ class Engine:
     def _adopt(self, st: TerminalState, online_groups: Counter[tuple[str, ...]]) -> None:
         """Index a restored terminal and queue its silence deadline."""
         self._terms[st.terminal_id] = st
-        self._tally[(st.state, st.model)] += 1
+        self._census.joined_quietly(st.state, st.model, st.merchant_id)
         if st.state == ONLINE:
             online_groups[group_labels(st.model, st.fw, st.net_type)] += 1
-        if st.state != SHUTDOWN and st.merchant_id is not None:
-            self._corr.merchant_size[st.merchant_id] += 1
         if st.maintenance_until is not None:
             self._maint[st.terminal_id] = st.maintenance_until
+        if st.tamper:
+            self._settle.note_tampered(st.terminal_id)
         due = self._due(st)
         if due is not None:
             st.sched = due
@@ -156,11 +170,13 @@ class Engine:
         st = TerminalState(terminal_id)
         st.merchant_id = self._intern(merchant_id)
         self._terms[terminal_id] = st
-        self._tally[(ONLINE, None)] += 1
-        self._corr.active.update(group_labels(None, None, None))
-        if st.merchant_id is not None:
-            self._corr.merchant_size[st.merchant_id] += 1
+        self._census.joined(ONLINE, None, group_labels(None, None, None), st.merchant_id)
         return st
+
+    def _labels_of(self, terminal_id: str) -> tuple[str, ...]:
+        """A terminal's correlation groups now (the correlator's view of it)."""
+        st = self._terms.get(terminal_id)
+        return (FLEET,) if st is None else group_labels(st.model, st.fw, st.net_type)
 
     # ---- messages -------------------------------------------------------------------------
 
@@ -263,7 +279,7 @@ class Engine:
         verdict = self._attr.attribute(txn)
         ctx.attribution = verdict
         if verdict.blame in HOST_SIDE:
-            self._corr.host_failure(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
+            self._corr.record_host_failure(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
         sigs.extend(run_rules(ctx, TXN_RULES))
         if ctx.wake is not None:
             heapq.heappush(self._wakes, (ctx.wake, st.terminal_id))
@@ -334,7 +350,7 @@ class Engine:
         back: Sequence[Signal] = ()
         if st.state != ONLINE:
             self._set_state(st, ONLINE, now)
-            self._corr.came_back(st.terminal_id)
+            self._corr.record_back(st.terminal_id)
             if st.conds & OFFLINE_BIT:
                 back = came_back(self._ctx)
                 st.flap_until = now + self._clear_after
@@ -366,7 +382,7 @@ class Engine:
         """The terminal is offline now (silence, a flap, or a live Last Will)."""
         self._set_state(st, OFFLINE, now)
         self._mark(st)
-        self._corr.went_offline(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
+        self._corr.record_offline(st.terminal_id, group_labels(st.model, st.fw, st.net_type), now)
         ctx = self._ctx.reset(st, None, now)
         return went_offline(ctx, reason, st.last_seen)
 
@@ -374,37 +390,21 @@ class Engine:
         old = st.state
         if old == new:
             return
-        self._tally[(old, st.model)] -= 1
-        self._tally[(new, st.model)] += 1
-        labels = group_labels(st.model, st.fw, st.net_type)
-        if old == ONLINE:
-            self._corr.active.subtract(labels)
-        elif new == ONLINE:
-            self._corr.active.update(labels)
-        if st.merchant_id is not None:
-            if old == SHUTDOWN:
-                self._corr.merchant_size[st.merchant_id] += 1
-            elif new == SHUTDOWN:
-                self._corr.merchant_size[st.merchant_id] -= 1
+        self._census.state_changed(old, new, st.model, group_labels(st.model, st.fw, st.net_type), st.merchant_id)
         st.state, st.state_at = new, now
         self._mark(st)
 
     def _set_merchant(self, st: TerminalState, merchant_id: str) -> None:
-        if st.state != SHUTDOWN:
-            if st.merchant_id is not None:
-                self._corr.merchant_size[st.merchant_id] -= 1
-            self._corr.merchant_size[merchant_id] += 1
+        self._census.merchant_changed(st.state, st.merchant_id, merchant_id)
         st.merchant_id = self._intern(merchant_id)
         self._mark(st)
 
     def _regroup(self, st: TerminalState, model: str | None, fw: str | None, net_type: str | None) -> None:
         """Model, firmware or link type changed: move the terminal between groups."""
-        if st.state == ONLINE:
-            self._corr.active.subtract(group_labels(st.model, st.fw, st.net_type))
-            self._corr.active.update(group_labels(model, fw, net_type))
-        self._tally[(st.state, st.model)] -= 1
-        st.model, st.fw, st.net_type = self._intern(model), self._intern(fw), self._intern(net_type)
-        self._tally[(st.state, st.model)] += 1
+        new_model, new_fw, new_net = self._intern(model), self._intern(fw), self._intern(net_type)
+        self._census.regrouped(st.state, st.model, group_labels(st.model, st.fw, st.net_type),
+                               new_model, group_labels(new_model, new_fw, new_net))
+        st.model, st.fw, st.net_type = new_model, new_fw, new_net
         self._mark(st)
 
     def _mark(self, st: TerminalState) -> None:
@@ -443,24 +443,36 @@ class Engine:
             flapping = st.flap_until is not None and seen + self._flap_after <= st.flap_until
             sigs.extend(self._offline(st, now, "flap" if flapping else "silence"))
         wakes = self._wakes
+        again: list[tuple[float, str]] = []
         while wakes and wakes[0][0] <= now:
             _, tid = heapq.heappop(wakes)
             st = self._terms.get(tid)
             if st is not None:
-                sigs.extend(comm_errors_due(self._ctx.reset(st, None, now)))
+                ctx = self._ctx.reset(st, None, now)
+                sigs.extend(rates_due(ctx))
+                if ctx.wake is not None:
+                    again.append((ctx.wake, tid))
+        for wake in again:  # pushed after the loop: a wake due now waits for the next tick
+            heapq.heappush(wakes, wake)
+        self._rates.tick(now, host_outage_open=self._corr.upstreams.any_open(HOST_ERRORS))
         sigs.extend(self._settle.tick(now))
         out: list[Effect] = self._signals(sigs, now) if sigs else []
         out.extend(self._book.tick(now))
         out.extend(self._corr.tick(now))
+        out.extend(self._corr.judge_merchants(self._book.take_touched(), now))
         for tid in [t for t, until in self._maint.items() if until <= now]:
             del self._maint[tid]
         return out
 
     def _signals(self, sigs: Iterable[Signal], now: float) -> list[Effect]:
+        """Findings and clears into the book (a new incident with the parent that explains
+        it), then the merchants whose incidents changed are judged again."""
         out: list[Effect] = []
+        book, corr = self._book, self._corr
         for sig in sigs:
-            out.extend(self._book.apply(sig))
-        out.extend(self._corr.settle(now))
+            parent = corr.parent_for_new(sig) if isinstance(sig, Finding) else None
+            out.extend(book.apply(sig, parent=parent))
+        out.extend(corr.judge_merchants(book.take_touched(), now))
         return out
 
     # ---- operator actions -----------------------------------------------------------------
@@ -483,7 +495,7 @@ class Engine:
                 mask = KIND_MASK[inc.kind]
                 st.resolved_conds |= st.conds & mask
                 st.conds &= ~mask
-        out.extend(self._corr.settle(now))
+        out.extend(self._corr.judge_merchants(self._book.take_touched(), now))
         return out
 
     def set_maintenance(self, terminal_id: str, until: float | None, now: float) -> list[Effect]:
@@ -529,9 +541,15 @@ class Engine:
         """An open incident (resolved ones live in the store)."""
         return self._book.get(incident_id)
 
+    def upstream_terminals(self, incident_id: str) -> frozenset[str]:
+        """The terminals an open upstream (fleet or group host_outage) incident is built on:
+        every terminal in its scope whose failures of its cause it counted, incidents of
+        their own or not (rc 91/96 alone opens none). Empty for any other incident."""
+        return self._corr.upstreams.terminals_of(incident_id)
+
     def snapshot(self, now: float) -> FleetSnapshot:
         """Immutable counts for /metrics; cost follows models and open incidents, not terminals."""
-        tally: Counter[tuple[str, str | None]] = Counter(self._tally)
+        tally: Counter[tuple[str, str | None]] = Counter(self._census.tally)
         for tid, until in self._maint.items():
             st = self._terms.get(tid)
             if st is not None and until > now:

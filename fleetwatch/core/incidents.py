@@ -17,9 +17,18 @@ Lifecycle, per the contract's key (one open incident per key):
   ``clear_after_intervals`` without the condition. A Finding in that time cancels the
   clear and counts ``flap_count`` in the evidence: a flapping link is one incident.
 - Parents (merchant, group, fleet) carry children: ``parent_id`` and ``suppressed``
-  are set when the child opens or when the parent opens and never change while both
-  are open. When a parent resolves, children whose condition already cleared resolve
-  with it; the ones still failing lose ``suppressed`` and stand alone.
+  are set when the child opens or when the parent opens, and ``parent_id`` never changes
+  while both are open. Which parent is given is the correlator's decision; the book
+  only refuses a parent that the adoption table (:mod:`fleetwatch.core.adoption`) says
+  does not explain the child. When a child's (or its parent's) cause changes, the table
+  is checked again: a child its parent no longer explains loses ``suppressed`` (event
+  ``unsuppressed``, ``parent_id`` kept for history) and is suppressed again if a later
+  cause is explained. When a parent resolves, suppressed children whose condition
+  already cleared resolve with it; the ones still failing lose ``suppressed`` and stand
+  alone.
+
+The book calls nobody. What changed is collected for whoever needs to know
+(:meth:`IncidentBook.take_touched`: the correlator re-judges the merchants concerned).
 """
 
 from __future__ import annotations
@@ -28,9 +37,10 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any
 
 from fleetwatch.config import DetectSettings
+from fleetwatch.core.adoption import explains
 from fleetwatch.core.model import (
     SEVERITY_RANK,
     Clear,
@@ -41,16 +51,6 @@ from fleetwatch.core.model import (
     IncidentWrite,
     Signal,
 )
-
-
-class Observer(Protocol):
-    """What the book asks and tells the correlator (kept as a port for testability)."""
-
-    def parent_for(self, finding: Finding) -> Incident | None:
-        """The open parent a new incident from ``finding`` belongs to, if any."""
-
-    def changed(self, inc: Incident) -> None:
-        """An incident opened, resolved, or started or stopped clearing."""
 
 
 class IncidentBook:
@@ -73,7 +73,9 @@ class IncidentBook:
         self._stale: set[str] = set()
         self._reopen_from: dict[str, str] = {}
         """key -> id of an incident resolved by hand while its condition still held."""
-        self.observer: Observer | None = None
+        self._touched: dict[str, Incident] = {}
+        """Incidents that opened, resolved, got a parent or started or stopped clearing
+        since the last :meth:`take_touched` (by id, in order)."""
 
     # ---- loading ---------------------------------------------------------------------
 
@@ -115,26 +117,40 @@ class IncidentBook:
     def __len__(self) -> int:
         return len(self._by_id)
 
+    def take_touched(self) -> list[Incident]:
+        """The incidents that opened, resolved, got a parent, or started or stopped clearing
+        since the last call (each once, oldest change first)."""
+        if not self._touched:
+            return []
+        touched, self._touched = list(self._touched.values()), {}
+        return touched
+
     # ---- signals ---------------------------------------------------------------------
 
-    def apply(self, sig: Signal, *, may_open: bool = True) -> list[IncidentWrite]:
-        """One Finding or Clear -> the writes it causes (often none)."""
+    def apply(self, sig: Signal, *, may_open: bool = True, parent: Incident | None = None) -> list[IncidentWrite]:
+        """One Finding or Clear -> the writes it causes (often none).
+
+        ``parent``: the open incident a *new* incident from this Finding is to be a child
+        of (the correlator's choice, :meth:`Correlator.parent_for_new`); ignored when the
+        key is already open or the parent does not explain it.
+        """
         if isinstance(sig, Finding):
-            return self._finding(sig, may_open)
+            return self._finding(sig, may_open, parent)
         return self._clear(sig)
 
-    def _finding(self, f: Finding, may_open: bool) -> list[IncidentWrite]:
+    def _finding(self, f: Finding, may_open: bool, parent: Incident | None = None) -> list[IncidentWrite]:
         inc = self._by_key.get(f.key)
         if inc is None:
-            return self._open(f) if may_open else []
+            return self._open(f, parent) if may_open else []
         out: list[IncidentWrite] = []
         inc.updated_at = max(inc.updated_at, f.at)
         if inc.clearing_since is not None:
             inc.clearing_since = None
             inc.evidence["flap_count"] = int(inc.evidence.get("flap_count", 0)) + 1
             out.append(self._write(inc, f.at, "updated", {"flap": inc.evidence["flap_count"]}))
-            self._notify(inc)
-        if f.cause != inc.cause or f.severity != inc.severity:
+            self._touch(inc)
+        recaused = f.cause != inc.cause
+        if recaused or f.severity != inc.severity:
             out.append(self._recause(inc, f))
         changed = any(inc.evidence.get(k) != v for k, v in f.evidence.items())
         if changed:
@@ -146,6 +162,8 @@ class IncidentBook:
                 out.append(self._write(inc, f.at, "updated", {}))
             else:
                 self._stale.add(inc.id)
+        if recaused:
+            out.extend(self._recheck_explanations(inc, f.at))
         return out
 
     def _recause(self, inc: Incident, f: Finding) -> IncidentWrite:
@@ -159,7 +177,29 @@ class IncidentBook:
         kind: EventType = "escalated" if up else "cause_changed"
         return self._write(inc, f.at, kind, detail, detected_from=f.detected_from or f.at)
 
-    def _open(self, f: Finding) -> list[IncidentWrite]:
+    def _recheck_explanations(self, inc: Incident, at: float) -> list[IncidentWrite]:
+        """``inc``'s cause changed: does its parent still explain it, does it still explain its children?"""
+        out: list[IncidentWrite] = []
+        parent = self._by_id.get(inc.parent_id) if inc.parent_id is not None else None
+        if parent is not None:
+            out.extend(self._suppress_if_explained(inc, parent, at))
+        for child in self.children(inc.id):
+            out.extend(self._suppress_if_explained(child, inc, at))
+        return out
+
+    def _suppress_if_explained(self, child: Incident, parent: Incident, at: float) -> list[IncidentWrite]:
+        """Make ``suppressed`` say whether ``parent`` explains ``child`` now; an event if it changed."""
+        explained = explains(parent, child)
+        if explained == child.suppressed:
+            return []
+        child.suppressed = explained
+        child.updated_at = max(child.updated_at, at)
+        self._touch(child)
+        kind: EventType = "suppressed" if explained else "unsuppressed"
+        why = "cause_explained" if explained else "cause_not_explained"
+        return [self._write(child, at, kind, {"parent_id": parent.id, "reason": why, "cause": child.cause})]
+
+    def _open(self, f: Finding, parent: Incident | None) -> list[IncidentWrite]:
         previous = self._reopen_from.pop(f.key, None)
         inc = Incident(
             id=self._new_id(), key=f.key, kind=f.kind, cause=f.cause, scope=f.scope,
@@ -168,8 +208,7 @@ class IncidentBook:
             group=dict(f.group) if f.group is not None else None, previous_id=previous,
             evidence=dict(f.evidence),
         )
-        parent = self.observer.parent_for(f) if self.observer is not None else None
-        if parent is not None and parent.is_open:
+        if parent is not None and parent.is_open and parent.id in self._by_id and explains(parent, inc):
             inc.parent_id, inc.suppressed = parent.id, True
             self._children.setdefault(parent.id, set()).add(inc.id)
         self._index(inc)
@@ -180,7 +219,7 @@ class IncidentBook:
             detail["parent_id"] = inc.parent_id
         write = self._write(inc, f.at, "reopened" if previous else "opened", detail,
                             detected_from=f.detected_from if f.detected_from is not None else f.at)
-        self._notify(inc)
+        self._touch(inc)
         return [write]
 
     def _clear(self, c: Clear) -> list[IncidentWrite]:
@@ -195,7 +234,7 @@ class IncidentBook:
         if inc.clearing_since is None:
             inc.clearing_since = c.at
             self._push_clearing(inc)
-            self._notify(inc)
+            self._touch(inc)
         return []
 
     # ---- time ------------------------------------------------------------------------
@@ -244,15 +283,18 @@ class IncidentBook:
         return self._resolve(inc, now, "operator")
 
     def attach(self, child: Incident, parent: Incident, now: float) -> list[IncidentWrite]:
-        """Make ``child`` a suppressed child of ``parent`` unless it has an open parent."""
+        """Make ``child`` a suppressed child of ``parent``: only if it has no open parent and
+        the adoption table says ``parent`` explains it (scope and time are the caller's part)."""
         if child.id == parent.id or not child.is_open or not parent.is_open:
             return []
         if child.parent_id is not None and child.parent_id in self._by_id:
             return []
+        if not explains(parent, child):
+            return []
         child.parent_id, child.suppressed = parent.id, True
         child.updated_at = max(child.updated_at, now)
         self._children.setdefault(parent.id, set()).add(child.id)
-        self._notify(child)
+        self._touch(child)
         return [self._write(child, now, "suppressed", {"parent_id": parent.id})]
 
     def open_direct(self, f: Finding) -> list[IncidentWrite]:
@@ -272,20 +314,23 @@ class IncidentBook:
         inc.clearing_since = None
         out = [self._write(inc, now, "resolved", {"by": why})]
         self._unindex(inc)
-        self._notify(inc)
+        self._touch(inc)
         for child in self._pop_children(inc.id):
             out.extend(self._release(child, inc, now))
         return out
 
     def _release(self, child: Incident, parent: Incident, now: float) -> list[IncidentWrite]:
-        """A parent resolved: a recovered child resolves, a failing one stands alone."""
-        if not child.is_open:
+        """A parent resolved: a recovered child resolves, a failing one stands alone.
+
+        A child the parent no longer explained already stood alone: it goes on by itself.
+        """
+        if not child.is_open or not child.suppressed:
             return []
         if child.clearing_since is not None:
             return self._resolve(child, now, "parent_resolved")
         child.suppressed = False
         child.updated_at = max(child.updated_at, now)
-        self._notify(child)
+        self._touch(child)
         return [self._write(child, now, "unsuppressed", {"parent_id": parent.id})]
 
     def _pop_children(self, parent_id: str) -> list[Incident]:
@@ -319,9 +364,8 @@ class IncidentBook:
         assert inc.clearing_since is not None
         heapq.heappush(self._clearing, (inc.clearing_since + self._clear_after, next(self._seq), inc.key))
 
-    def _notify(self, inc: Incident) -> None:
-        if self.observer is not None:
-            self.observer.changed(inc)
+    def _touch(self, inc: Incident) -> None:
+        self._touched[inc.id] = inc
 
     def _write(
         self, inc: Incident, at: float, kind: EventType, detail: dict[str, Any],

@@ -7,6 +7,14 @@ per-message hot path and msgspec validates the same schema several times faster
 Shapes follow the contract exactly: required fields have no default, optional ones
 default to ``None`` ("unknown", never "ok"), unknown fields are ignored so newer
 firmware can add fields without being rejected.
+
+The four terminal messages (Heartbeat, TxnResult, BatchClose, StateMsg) carry their
+identifiers, currency and response code as plain ``str`` for msgspec and are checked
+by :func:`invalid_field` after the typed decode, with string methods instead of one
+regex per field: a regex in msgspec costs about as much as the whole rest of a
+heartbeat's decode, and the payload's ``terminal_id`` needs no check of its own at all
+when it equals the topic's, which the topic pattern has already validated. The rare
+Settlement keeps its patterns in the schema.
 """
 
 from __future__ import annotations
@@ -22,6 +30,13 @@ IdStr = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9.\-]{1,32}\Z")]
 
 Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
 """ISO 4217 alphabetic code."""
+
+CheckedId = str
+"""An :data:`IdStr` checked by :func:`invalid_field` rather than by a msgspec pattern."""
+CheckedCurrency = str
+"""A :data:`Currency` checked by :func:`invalid_field`."""
+CheckedRc = str
+"""A two-character host response code (``[0-9A-Za-z]{2}``) checked by :func:`invalid_field`."""
 
 EpochMs = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -61,8 +76,8 @@ class Saf(msgspec.Struct, frozen=True):
 
 class Heartbeat(msgspec.Struct, frozen=True):
     v: int
-    terminal_id: IdStr
-    merchant_id: IdStr
+    terminal_id: CheckedId
+    merchant_id: CheckedId
     ts: EpochMs
     seq: Annotated[int, msgspec.Meta(ge=0)]
     model: Annotated[str, msgspec.Meta(max_length=64)] | None = None
@@ -86,20 +101,20 @@ class TxnError(msgspec.Struct, frozen=True):
 
 class TxnResult(msgspec.Struct, frozen=True):
     v: int
-    terminal_id: IdStr
-    merchant_id: IdStr
+    terminal_id: CheckedId
+    merchant_id: CheckedId
     ts: EpochMs
     txn_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)]
     batch_no: Annotated[int, msgspec.Meta(ge=0)]
     type: TxnType
     amount_minor: Annotated[int, msgspec.Meta(ge=0)]
-    currency: Currency
+    currency: CheckedCurrency
     outcome: Outcome
     stan: Annotated[str, msgspec.Meta(max_length=12)] | None = None
     rrn: Annotated[str, msgspec.Meta(max_length=24)] | None = None
     entry: Entry | None = None
     card_ref: Annotated[str, msgspec.Meta(max_length=16)] | None = None
-    rc: Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Za-z]{2}\Z")] | None = None
+    rc: CheckedRc | None = None
     error: TxnError | None = None
     offline: bool | None = None
     orig_txn_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
@@ -107,19 +122,19 @@ class TxnResult(msgspec.Struct, frozen=True):
 
 class BatchClose(msgspec.Struct, frozen=True):
     v: int
-    terminal_id: IdStr
-    merchant_id: IdStr
+    terminal_id: CheckedId
+    merchant_id: CheckedId
     ts: EpochMs
     batch_no: Annotated[int, msgspec.Meta(ge=0)]
     count: Annotated[int, msgspec.Meta(ge=0)]
     amount_minor: int
-    currency: Currency
+    currency: CheckedCurrency
     result: BatchResult
 
 
 class StateMsg(msgspec.Struct, frozen=True):
     v: int
-    terminal_id: IdStr
+    terminal_id: CheckedId
     state: TerminalStateName
     ts: EpochMs
 
@@ -153,3 +168,58 @@ class Envelope(msgspec.Struct, frozen=True):
     msg: Message
     received_at: float
     retained: bool = False
+
+
+# ---- the checks msgspec no longer makes for the terminal messages ----------------------
+
+_ID_PUNCTUATION = str.maketrans("", "", "-.")
+
+
+def is_id(s: str) -> bool:
+    """1 to 32 characters of ``A-Z a-z 0-9 - .`` (the contract's identifier format)."""
+    if not (0 < len(s) <= 32 and s.isascii()):
+        return False
+    if s.isalnum():
+        return True
+    rest = s.translate(_ID_PUNCTUATION)
+    return not rest or rest.isalnum()
+
+
+def is_currency(s: str) -> bool:
+    """Three ASCII capital letters."""
+    return len(s) == 3 and s.isascii() and s.isalpha() and s.isupper()
+
+
+def is_rc(s: str) -> bool:
+    """Two ASCII letters or digits."""
+    return len(s) == 2 and s.isascii() and s.isalnum()
+
+
+ID_RULE = "Expected `str` of 1 to 32 characters of A-Z a-z 0-9 - ."
+CURRENCY_RULE = "Expected `str` of three capital letters A-Z"
+RC_RULE = "Expected `str` of two characters A-Z a-z 0-9"
+
+
+def invalid_field(msg: Message, topic_terminal_id: str | None = None) -> str | None:
+    """What msgspec's patterns would have refused in a decoded terminal message, as
+    ``"<rule> - at `$.<field>`"``, or None when every field is valid.
+
+    ``terminal_id`` is not checked again when it equals ``topic_terminal_id`` (the
+    topic pattern checked that one); checks run in field order, like msgspec's.
+    """
+    if isinstance(msg, Settlement):
+        return None
+    if msg.terminal_id != topic_terminal_id and not is_id(msg.terminal_id):
+        return f"{ID_RULE} - at `$.terminal_id`"
+    if isinstance(msg, StateMsg):
+        return None
+    if not is_id(msg.merchant_id):
+        return f"{ID_RULE} - at `$.merchant_id`"
+    if isinstance(msg, TxnResult):
+        if not is_currency(msg.currency):
+            return f"{CURRENCY_RULE} - at `$.currency`"
+        if msg.rc is not None and not is_rc(msg.rc):
+            return f"{RC_RULE} - at `$.rc`"
+    elif isinstance(msg, BatchClose) and not is_currency(msg.currency):
+        return f"{CURRENCY_RULE} - at `$.currency`"
+    return None

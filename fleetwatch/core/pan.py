@@ -16,7 +16,8 @@ What is deliberately *not* a candidate:
 Cost: this runs on every message, so it is split in two. :func:`might_contain_pan` is
 one ``bytes.translate`` and one compiled regex over the raw payload (about a
 microsecond for a heartbeat); on the contract's heartbeat and txn it does not hit (the
-13-digit ``ts`` starts with 1). Only when it hits does
+13-digit ``ts`` starts with 1, and a hit outside every string, such as a ``ts`` from
+2033 on, is dismissed by counting quotes). Only when it hits does
 :func:`payload_has_pan` parse the JSON and look at string values. The parse keeps
 duplicate keys (``object_pairs_hook``) because a plain dict would silently drop the
 first of two equal keys, and with it a card number the check must see.
@@ -131,11 +132,23 @@ def redact(text: str) -> str:
 def might_contain_pan(payload: bytes) -> bool:
     """Cheap necessary condition: False means no string in ``payload`` can hold a PAN.
 
-    True only means "look closer": numbers and identifiers also trip it.
+    True only means "look closer": identifiers also trip it. A run of digits that lies
+    outside every string is a JSON number and never a candidate: without backslashes
+    (which could escape a quote) a position is inside a string exactly when an odd
+    number of quotes comes before it. That keeps numbers such as epoch-millisecond
+    timestamps from 2033 on (they start with 2) off the slow path.
     """
-    if _PREFILTER.search(payload.translate(_BYTE_CLASSES)) is not None:
+    classes = payload.translate(_BYTE_CLASSES)
+    m = _PREFILTER.search(classes)
+    if m is None:
+        return b"\\" in payload and _ESCAPED.search(payload) is not None
+    if b"\\" in payload:
         return True
-    return b"\\" in payload and _ESCAPED.search(payload) is not None
+    while m is not None:
+        if payload.count(b'"', 0, m.start()) & 1:
+            return True
+        m = _PREFILTER.search(classes, m.end())  # a run never spans a quote, so skip it whole
+    return False
 
 
 class _Obj(list[tuple[str, object]]):

@@ -37,7 +37,8 @@ from fleetwatch.core.model import (
     Signal,
     incident_key,
 )
-from fleetwatch.core.state import ErrorRun, ReaderStats, TerminalState
+from fleetwatch.core.rates import LINK, PRINT, AttemptWindow, FleetRates, FleetShare, RateRule, TerminalRates, judge
+from fleetwatch.core.state import ReaderStats, TerminalState
 
 # ---- the (kind, cause) table ------------------------------------------------------------
 
@@ -90,6 +91,8 @@ PRINT_ERR_BIT: Final = COND_BITS[("printer", "print_errors")]
 READ_FAIL_BIT: Final = COND_BITS[("reader", "read_failures")]
 SELF_TEST_BIT: Final = COND_BITS[("reader", "self_test")]
 TAMPER_BIT: Final = COND_BITS[("tamper", "tamper")]
+RATE_BITS: Final = COMM_BIT | PRINT_ERR_BIT
+"""Conditions judged over a rate window (core/rates.py)."""
 POWER_MASK: Final = KIND_MASK["power"]
 CONFIG_MASK: Final = KIND_MASK["config"]
 
@@ -123,17 +126,23 @@ class Ctx:
     One instance is reused by the engine for every message (no allocation per beat).
     """
 
-    __slots__ = ("attribution", "cfg", "maint", "msg", "now", "st", "wake")
+    __slots__ = ("attribution", "cfg", "fleet_rates", "link_rule", "maint", "msg", "now", "print_rule", "st",
+                 "wait_s", "wake")
 
-    def __init__(self, cfg: DetectSettings) -> None:
+    def __init__(self, cfg: DetectSettings, fleet_rates: FleetRates | None = None) -> None:
         self.cfg = cfg
+        self.fleet_rates = fleet_rates if fleet_rates is not None else FleetRates(cfg)
+        """The fleet's baseline failing shares (shared by every terminal; the engine ticks it)."""
+        self.link_rule = RateRule.for_signal(cfg, LINK)
+        self.print_rule = RateRule.for_signal(cfg, PRINT)
+        self.wait_s = cfg.intervals(cfg.correlation_window_intervals)
         self.st: TerminalState = TerminalState("")
         self.msg: Any = None
         self.now = 0.0
         self.maint = False
         self.attribution: Attribution | None = None
         self.wake: float | None = None
-        """Set by a rule that wants to be asked again at this time (comm errors)."""
+        """Set by a rule that wants :func:`rates_due` to run for this terminal at this time."""
 
     def reset(self, st: TerminalState, msg: Any, now: float) -> Ctx:
         """Point the context at the next message."""
@@ -270,101 +279,222 @@ def weak_signal(ctx: Ctx) -> Sequence[Signal]:
     return NOTHING
 
 
-def error_runs_expire(ctx: Ctx) -> Sequence[Signal]:
-    """Comm and print error conditions end when their last error is a window old."""
-    st = ctx.st
-    if not ctx.held(COMM_BIT | PRINT_ERR_BIT) or st.errors is None:
-        return NOTHING
-    window = ctx.cfg.intervals(ctx.cfg.correlation_window_intervals)
-    out: list[Signal] = []
-    if ctx.held(COMM_BIT) and ctx.now - st.errors.comm_last >= window:
-        out.extend(ctx.drop("network", COMM_BIT))
-    if ctx.held(PRINT_ERR_BIT) and ctx.now - st.errors.print_last >= window:
-        out.extend(ctx.drop("printer", PRINT_ERR_BIT))
-    return out
-
-
 HEARTBEAT_RULES: Final[tuple[Rule, ...]] = (
-    printer_state, reader_self_test, battery, tamper, weak_signal, error_runs_expire,
+    printer_state, reader_self_test, battery, tamper, weak_signal,
 )
+"""Nothing here about link or print rates: they end on their own deadline (:func:`rates_due`),
+so a heartbeat never pays for them."""
 
 # ---- transaction rules -------------------------------------------------------------------
 
 
-def _errors(st: TerminalState) -> ErrorRun:
-    run = st.errors
-    if run is None:
-        run = st.errors = ErrorRun()
-    return run
+LINK_OK: Final = frozenset({"none", "cardholder", "config", "printer"})
+"""Blames that prove the host answered the attempt: the terminal's link worked for it.
+Host unavailability (rc 91 92 96) says nothing about the terminal's own link (the
+correlator counts it upstream); reader, PIN and cancel failures never reached the host."""
+
+
+def _window(st: TerminalState, signal: str, rule: RateRule) -> AttemptWindow:
+    """The terminal's window for ``signal``, created at its first failure."""
+    rates = st.rates
+    if rates is None:
+        rates = st.rates = TerminalRates()
+    w = rates.link if signal == LINK else rates.print
+    if w is None:
+        w = AttemptWindow(rule.window_attempts)
+        if signal == LINK:
+            rates.link = w
+        else:
+            rates.print = w
+    return w
+
+
+def _forget(st: TerminalState, signal: str) -> None:
+    """Drop an idle window (and the holder once both are gone)."""
+    rates = st.rates
+    if rates is None:
+        return
+    if signal == LINK:
+        rates.link = None
+    else:
+        rates.print = None
+    if rates.link is None and rates.print is None:
+        st.rates = None
+
+
+def _wake(ctx: Ctx, w: AttemptWindow, at: float) -> None:
+    """Ask for :func:`rates_due` at ``at``; a window keeps only its earliest request."""
+    if w.wake_at is not None and w.wake_at <= at:
+        return
+    w.wake_at = at
+    ctx.wake = at if ctx.wake is None or at < ctx.wake else ctx.wake
+
+
+class _Signal:
+    """One rate-judged condition: where it lives and what it is called."""
+
+    __slots__ = ("bit", "cause", "kind", "name")
+
+    def __init__(self, name: str, kind: Kind, cause: str, bit: int) -> None:
+        self.name, self.kind, self.cause, self.bit = name, kind, cause, bit
+
+
+_LINK: Final = _Signal(LINK, "network", "comm_errors", COMM_BIT)
+_PRINT: Final = _Signal(PRINT, "printer", "print_errors", PRINT_ERR_BIT)
+
+
+def _rate_parts(ctx: Ctx, sig: _Signal) -> tuple[RateRule, FleetShare, float]:
+    """(rule, fleet share, wait before opening) of a signal: the link waits one
+    correlation window so that an upstream can claim it; the printer has no upstream."""
+    if sig is _LINK:
+        return ctx.link_rule, ctx.fleet_rates.link, ctx.wait_s
+    return ctx.print_rule, ctx.fleet_rates.print, 0.0
+
+
+def _rate_evidence(w: AttemptWindow, rule: RateRule, baseline: float, sig: _Signal) -> dict[str, Any]:
+    n, f = len(w.attempts), w.failures
+    ev: dict[str, Any] = {
+        "attempts": n, "failed_attempts": f, "share": round(f / n, 4) if n else 0.0,
+        "threshold_share": round(rule.open_threshold(baseline), 4), "baseline_share": round(baseline, 4),
+        "first_error_at": w.first_failure_at(), "last_error_at": w.last_failure_at,
+    }
+    ev["errors" if sig is _LINK else "print_errors"] = f
+    return ev
+
+
+def _attempt(ctx: Ctx, sig: _Signal, failed: bool) -> Sequence[Signal]:
+    """One attempt of a rate-judged signal: count it, and decide what its window says."""
+    rule, fleet, wait_s = _rate_parts(ctx, sig)
+    fleet.count(failed)
+    st, now = ctx.st, ctx.now
+    rates = st.rates
+    w = None if rates is None else (rates.link if sig is _LINK else rates.print)
+    if w is None:
+        if not failed:
+            return NOTHING  # the healthy path: no window, nothing kept
+        w = _window(st, sig.name, rule)
+    w.record(now, failed)
+    w.expire(now, rule.window_s)
+    n, f, base = len(w.attempts), w.failures, fleet.baseline
+    if st.conds & sig.bit:
+        if failed:
+            _wake(ctx, w, now + rule.clear_after_s)
+            return ctx.hold(sig.kind, sig.cause, _rate_evidence(w, rule, base, sig))
+        if judge(n, f, base, True, rule) == "clear":
+            return ctx.drop(sig.kind, sig.bit)
+        return NOTHING
+    if st.resolved_conds & sig.bit and judge(n, f, base, True, rule) == "clear":
+        return ctx.drop(sig.kind, sig.bit)  # resolved by hand, and now really gone
+    if w.pending or judge(n, f, base, False, rule) != "open":
+        if w.failures:
+            first = w.first_failure_at()
+            _wake(ctx, w, (first if first is not None else now) + rule.window_s)
+        elif w.idle():
+            _forget(st, sig.name)
+        return NOTHING
+    first = w.first_failure_at()
+    due = (first if first is not None else now) + wait_s
+    if due > now:
+        w.pending = True
+        _wake(ctx, w, due)
+        return NOTHING
+    _wake(ctx, w, now + rule.clear_after_s)
+    return ctx.hold(sig.kind, sig.cause, _rate_evidence(w, rule, base, sig))
 
 
 def comm_errors(ctx: Ctx) -> Sequence[Signal]:
-    """Repeated connect/tls/host failures or link rcs on one terminal -> ``comm_errors``.
+    """The terminal's own link, judged by the failing share of its recent attempts.
 
-    They wait one correlation window from the first error of the run before they open
-    (``ctx.wake``), so a host outage seen a moment later can claim them as children.
-    A host answer that is a real decision (approved, or a cardholder decline) ends them.
+    A failure is a link blame (stage connect / tls / host, rc 06 20 22 30 68); a success
+    is any attempt the host answered (:data:`LINK_OK`). It waits one correlation window
+    from the first failure in the window before it opens, so a host outage seen a moment
+    later can claim it as a child.
     """
     a = ctx.attribution
     assert a is not None
-    st, cfg, now = ctx.st, ctx.cfg, ctx.now
-    if a.blame in ("none", "cardholder"):
-        if st.errors is not None:
-            st.errors.comm_n = 0
-        return ctx.drop("network", COMM_BIT)
-    if a.blame != "link":
-        return NOTHING
-    run = _errors(st)
-    window = cfg.intervals(cfg.correlation_window_intervals)
-    if run.comm_n == 0 or now - run.comm_last > window:
-        run.comm_n, run.comm_first = 0, now
-    run.comm_n += 1
-    run.comm_last = now
-    evidence = {"errors": run.comm_n, "first_error_at": run.comm_first, "last_error_at": now,
-                "last_stage": ctx.msg.error.stage if ctx.msg.error else None, "last_rc": ctx.msg.rc}
-    if st.conds & COMM_BIT:
-        return ctx.hold("network", "comm_errors", evidence)
-    if run.comm_n >= cfg.comm_error_min and not run.comm_pending:
-        due = run.comm_first + window
-        if due <= now:
-            return ctx.hold("network", "comm_errors", evidence)
-        run.comm_pending = True
-        ctx.wake = due
+    if a.blame == "link":
+        return _attempt(ctx, _LINK, True)
+    if a.blame in LINK_OK:
+        if ctx.st.rates is None:  # the healthy path: count it for the fleet, keep nothing
+            ctx.fleet_rates.link.attempts += 1
+            return NOTHING
+        return _attempt(ctx, _LINK, False)
     return NOTHING
 
 
-def comm_errors_due(ctx: Ctx) -> Sequence[Signal]:
-    """The waiting window of a comm-error run is over: open if the run is still alive."""
-    st, cfg = ctx.st, ctx.cfg
-    run = st.errors
-    if run is None or not run.comm_pending:
-        return NOTHING
-    run.comm_pending = False
-    window = cfg.intervals(cfg.correlation_window_intervals)
-    if run.comm_n < cfg.comm_error_min or ctx.now - run.comm_last > window:
-        return NOTHING
-    return ctx.hold("network", "comm_errors", {
-        "errors": run.comm_n, "first_error_at": run.comm_first, "last_error_at": run.comm_last,
-    })
-
-
 def print_errors(ctx: Ctx) -> Sequence[Signal]:
-    """Receipts failing to print (stage print) -> minor ``print_errors``; a clean approval ends it."""
+    """Receipts failing to print (stage print) by their share of recent receipts -> minor ``print_errors``.
+
+    Every approved payment prints a receipt: one without a print error is a success.
+    """
     a = ctx.attribution
     assert a is not None
-    st, cfg, now = ctx.st, ctx.cfg, ctx.now
-    if a.blame != "printer":
-        if ctx.msg.outcome == "approved" and ctx.msg.error is None:
-            return ctx.drop("printer", PRINT_ERR_BIT)
+    if a.blame == "printer":
+        return _attempt(ctx, _PRINT, True)
+    if ctx.msg.outcome == "approved":
+        if ctx.st.rates is None:  # the healthy path: count it for the fleet, keep nothing
+            ctx.fleet_rates.print.attempts += 1
+            return NOTHING
+        return _attempt(ctx, _PRINT, False)
+    return NOTHING
+
+
+def rates_due(ctx: Ctx) -> Sequence[Signal]:
+    """A rate window asked to be looked at again (ctx.wake): open after the wait, end a
+    condition whose failures stopped, forget a window with nothing left in it."""
+    st = ctx.st
+    if st.rates is None:
         return NOTHING
-    run = _errors(st)
-    if now - run.print_last > cfg.intervals(cfg.correlation_window_intervals):
-        run.print_n = 0
-    run.print_n += 1
-    run.print_last = now
-    if run.print_n < cfg.print_error_min:
-        return NOTHING
-    return ctx.hold("printer", "print_errors", {"print_errors": run.print_n, "last_error_at": now})
+    out: list[Signal] = []
+    for sig in (_LINK, _PRINT):
+        rates = st.rates
+        if rates is None:
+            break
+        w = rates.link if sig is _LINK else rates.print
+        if w is None or w.wake_at is None or w.wake_at > ctx.now:
+            continue
+        out.extend(_window_due(ctx, sig, w))
+    return out
+
+
+def _window_due(ctx: Ctx, sig: _Signal, w: AttemptWindow) -> Sequence[Signal]:
+    rule, fleet, wait_s = _rate_parts(ctx, sig)
+    st, now = ctx.st, ctx.now
+    w.wake_at = None
+    w.expire(now, rule.window_s)
+    out: Sequence[Signal] = NOTHING
+    last = w.last_failure_at
+    if w.pending:
+        w.pending = False
+        if not st.conds & sig.bit and last is not None and now - last <= wait_s \
+                and judge(len(w.attempts), w.failures, fleet.baseline, False, rule) == "open":
+            _wake(ctx, w, last + rule.clear_after_s)
+            return ctx.hold(sig.kind, sig.cause, _rate_evidence(w, rule, fleet.baseline, sig))
+    elif ctx.held(sig.bit):
+        if last is None or now - last >= rule.clear_after_s:
+            # The failures stopped (or the terminal stopped trading): this episode is over.
+            w.attempts.clear()
+            w.failures, w.last_failure_at = 0, None
+            out = ctx.drop(sig.kind, sig.bit)
+        else:
+            _wake(ctx, w, last + rule.clear_after_s)
+    if not ctx.held(sig.bit) and not w.pending:
+        first = w.first_failure_at()
+        if first is None:
+            _forget(st, sig.name)
+        else:
+            _wake(ctx, w, max(now, first + rule.window_s))
+    return out
+
+
+def resume_rate(st: TerminalState, bit: int, now: float, cfg: DetectSettings) -> float:
+    """A rate condition open across a restart: its window is gone, so treat the restart as
+    its last failure; returns when :func:`rates_due` must look (failures stopped?)."""
+    signal = LINK if bit == COMM_BIT else PRINT
+    w = _window(st, signal, RateRule.for_signal(cfg, signal))
+    w.last_failure_at = now
+    w.wake_at = now + cfg.intervals(cfg.clear_after_intervals)
+    return w.wake_at
 
 
 def config_codes(ctx: Ctx) -> Sequence[Signal]:

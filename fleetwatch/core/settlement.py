@@ -348,6 +348,9 @@ class SettlementBook:
         self._dirty: dict[BatchKey, BatchRecord] = {}
         self._recent_done: OrderedDict[BatchKey, None] = OrderedDict()
         self._saf_open: dict[str, Evidence] = {}
+        self._tampered: set[str] = set()
+        """Terminals whose heartbeats say ``tamper: true`` now: only the beat that starts it
+        puts money under watch (the batches open at that moment, not the later ones)."""
         self._pending: list[Clear] = []
         """Clears for adopted incidents whose batch is gone; sent by the next tick."""
         self._gap_amount: dict[tuple[str, str], int] = {}
@@ -380,6 +383,11 @@ class SettlementBook:
             for cause, (ev, _, _) in batch_gaps(rec, now, self._cfg, b.watch_reason).items():
                 self._assume_open(b, cause, ev)
             self._track_age(b)
+
+    def note_tampered(self, terminal_id: str) -> None:
+        """At start: this terminal was already reporting tamper (its watched batches are
+        in the store); its next tamper beats are not a new tamper."""
+        self._tampered.add(terminal_id)
 
     def adopt_open_keys(self, keys: Iterable[str], now: float) -> None:
         """Tell the book which settlement_gap incidents the store still has open.
@@ -479,9 +487,21 @@ class SettlementBook:
         return write, self._evaluate(b, at, "settlement")
 
     def on_heartbeat(self, hb: Heartbeat, at: float, *, serial_changed: bool) -> list[Signal]:
-        """SAF backlog, and tamper / hardware swap putting unclosed money under watch."""
+        """SAF backlog, and tamper / hardware swap putting unclosed money under watch.
+
+        A tamper watches the batches open when it starts (the first ``tamper: true`` beat):
+        the terminal's later batches, opened after it and closed on time, are not at risk.
+        """
         signals = self._saf(hb, at)
-        reason = "tamper" if hb.tamper else ("hardware_swap" if serial_changed else None)
+        reason: str | None = None
+        if hb.tamper:
+            if hb.terminal_id not in self._tampered:
+                self._tampered.add(hb.terminal_id)
+                reason = "tamper"
+        elif hb.tamper is False and self._tampered:
+            self._tampered.discard(hb.terminal_id)
+        if reason is None and serial_changed:
+            reason = "hardware_swap"
         if reason is not None:
             signals.extend(self._watch(hb.terminal_id, reason, at))
         return signals

@@ -3,7 +3,7 @@
 One :class:`TerminalState` per terminal, a ``__slots__`` object of flat fields (no
 per-terminal dicts), with the repeated strings (merchant, model, firmware, app, network
 type) interned through one shared :class:`Interner` so a million terminals of five
-models hold five model strings. Rarely used detector state (comm/print error runs, the
+models hold five model strings. Rarely used detector state (the link and print rate windows, the
 reader's card window) lives in small side objects allocated only for terminals that
 need them. ``bench``-style measurement: about 450 bytes per healthy terminal.
 
@@ -25,6 +25,7 @@ from typing import Final
 
 from fleetwatch.core.messages import Heartbeat
 from fleetwatch.core.model import TerminalRecord
+from fleetwatch.core.rates import TerminalRates
 
 ONLINE: Final = "online"
 OFFLINE: Final = "offline"
@@ -65,24 +66,6 @@ class Order(IntEnum):
     OUT_OF_ORDER = 3
 
 
-class ErrorRun:
-    """A run of comm or print errors on one terminal, for "repeated" judgements.
-
-    Allocated only when a terminal reports such an error; a run restarts when its last
-    error is older than the window, which keeps the memory and the logic tiny.
-    """
-
-    __slots__ = ("comm_first", "comm_last", "comm_n", "comm_pending", "print_last", "print_n")
-
-    def __init__(self) -> None:
-        self.comm_n = 0
-        self.comm_first = 0.0
-        self.comm_last = 0.0
-        self.comm_pending = False
-        self.print_n = 0
-        self.print_last = 0.0
-
-
 class ReaderStats:
     """A terminal's recent card reads, counted over distinct cards.
 
@@ -114,7 +97,6 @@ class TerminalState:
         "charging",
         "conds",
         "dirty",
-        "errors",
         "flap_until",
         "fw",
         "last_hb_at",
@@ -126,6 +108,7 @@ class TerminalState:
         "net_type",
         "persisted_seen",
         "printer",
+        "rates",
         "reader",
         "reader_fault",
         "reboots",
@@ -185,7 +168,8 @@ class TerminalState:
         """While a just-recovered offline terminal is watched for flapping."""
         self.sched: float | None = None
         """Deadline currently queued in the engine's silence heap (None: not queued)."""
-        self.errors: ErrorRun | None = None
+        self.rates: TerminalRates | None = None
+        """Link and print attempt windows (core/rates.py), from the first failure on."""
         self.reader: ReaderStats | None = None
         self.dirty = False
 

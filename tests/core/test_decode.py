@@ -6,11 +6,12 @@ import json
 import re
 from typing import Any, get_args
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetwatch.core import pan
+from fleetwatch.core import messages, pan
 from fleetwatch.core.decode import Decoder, Rejection
 from fleetwatch.core.messages import (
     BatchClose,
@@ -473,3 +474,85 @@ def test_injected_pan_always_rejected(kind: str, number: str, around: str, data:
     assert isinstance(result, Rejection)
     assert result.reason == "pan"
     assert result.payload_excerpt is None
+
+
+# ---- the checks that replaced msgspec's patterns (same answers, cheaper) -----------------
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9.\-]{1,32}\Z")
+
+
+@given(st.text(alphabet=st.sampled_from("Aa0.-_ \n٣éZ9/"), max_size=40))
+@settings(max_examples=2000)
+def test_is_id_agrees_with_the_contract_pattern(s: str) -> None:
+    assert messages.is_id(s) == bool(ID_PATTERN.search(s))
+
+
+@given(st.text(max_size=5))
+@settings(max_examples=2000)
+def test_currency_and_rc_checks_agree_with_their_patterns(s: str) -> None:
+    assert messages.is_currency(s) == bool(re.search(r"^[A-Z]{3}\Z", s))
+    assert messages.is_rc(s) == bool(re.search(r"^[0-9A-Za-z]{2}\Z", s))
+
+
+@given(st.text(alphabet=st.sampled_from("ab/.-_ 1\nT٣"), max_size=30), st.sampled_from(
+    ["heartbeat", "txn", "batch", "state", "notice", "heartbeat/x", ""]))
+@settings(max_examples=2000)
+def test_route_accepts_exactly_the_topics_the_contract_pattern_does(tid: str, leaf: str) -> None:
+    topic = f"{PREFIX}/term/{tid}/{leaf}"
+    pattern = re.compile(rf"{re.escape(PREFIX)}/term/([A-Za-z0-9.\-]{{1,32}})/(heartbeat|txn|batch|state)")
+    m = pattern.fullmatch(topic)
+    assert DECODER.route(topic) == (None if m is None else (m.group(2), m.group(1)))
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "field"),
+    [
+        (HB_TOPIC, with_fields(HEARTBEAT, merchant_id="M 42"), "merchant_id"),
+        (HB_TOPIC, with_fields(HEARTBEAT, merchant_id=""), "merchant_id"),
+        (HB_TOPIC, with_fields(HEARTBEAT, merchant_id="M" * 33), "merchant_id"),
+        (HB_TOPIC, with_fields(HEARTBEAT, merchant_id="M٣"), "merchant_id"),
+        (TXN_TOPIC, with_fields(TXN, merchant_id="M0042\n"), "merchant_id"),
+        (TXN_TOPIC, with_fields(TXN, currency="CN"), "currency"),
+        (TXN_TOPIC, with_fields(TXN, currency="ÇNY"), "currency"),
+        (TXN_TOPIC, with_fields(TXN, rc="0"), "rc"),
+        (TXN_TOPIC, with_fields(TXN, rc="0_"), "rc"),
+        (f"{PREFIX}/term/{TID}/batch", with_fields(BATCH, currency="cny"), "currency"),
+        (f"{PREFIX}/term/{TID}/batch", with_fields(BATCH, merchant_id="M/1"), "merchant_id"),
+        (STATE_TOPIC, with_fields(STATE, terminal_id="T 1"), "terminal_id"),
+    ],
+)
+def test_identifier_currency_and_rc_formats_are_schema_errors_naming_the_field(
+        topic: str, payload: bytes, field: str) -> None:
+    result = rejected(decode(topic, payload), "schema")
+    assert result.detail.endswith(f"at `$.{field}`")
+    assert result.terminal_id == TID
+
+
+def test_punctuation_only_identifiers_are_valid_as_the_pattern_says() -> None:
+    accepted(decode(HB_TOPIC, with_fields(HEARTBEAT, merchant_id="-.-")))
+    accepted(decode(f"{PREFIX}/term/.-./heartbeat", with_fields(HEARTBEAT, terminal_id=".-.")))
+
+
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        # a malformed merchant id with a spoofed terminal id: schema comes before spoof
+        (with_fields(HEARTBEAT, merchant_id="M 1", terminal_id="T99999999"), "schema"),
+        # a malformed claimed terminal id is a schema error, not a spoof
+        (with_fields(HEARTBEAT, terminal_id="T9 9"), "schema"),
+        # a malformed merchant id in a version-2 message: version comes before schema
+        (with_fields(HEARTBEAT, merchant_id="M 1", v=2), "version"),
+        # and a card number before everything
+        (with_fields(HEARTBEAT, merchant_id="M 1", v=2, app=f"x {VISA}"), "pan"),
+    ],
+)
+def test_the_order_of_reasons_is_unchanged_for_the_new_checks(payload: bytes, reason: RejectReason) -> None:
+    rejected(decode(HB_TOPIC, payload), reason)
+
+
+def test_invalid_field_checks_a_message_built_without_a_topic() -> None:
+    """Outside the decoder (no topic to compare with) the payload's terminal id is checked too."""
+    msg = msgspec.json.decode(with_fields(STATE, terminal_id="bad id"), type=StateMsg)
+    assert messages.invalid_field(msg) == f"{messages.ID_RULE} - at `$.terminal_id`"
+    good = msgspec.json.decode(STATE.encode(), type=StateMsg)
+    assert messages.invalid_field(good) is None

@@ -114,10 +114,11 @@ def test_parent_resolve_releases_children() -> None:
     b = book()
     parent = b.apply(Finding(key="fleet|host_outage", kind="host_outage", cause="host_errors",
                              severity="critical", scope="fleet", summary="x", at=1.0))[0].incident
-    kids = [b.apply(finding(k, 1.0))[0].incident for k in KEYS[:2]]
+    links = [incident_key("terminal", "network", terminal_id=f"T{i}") for i in range(2)]
+    kids = [b.apply(replace(finding(k, 1.0), kind="network", cause="comm_errors"))[0].incident for k in links]
     for kid in kids:
         b.attach(b.get(kid.id) or kid, parent, 1.5)
-    b.apply(Clear(KEYS[0], 2.0))
+    b.apply(Clear(links[0], 2.0))
     out = b.resolve_now(parent.key, 3.0, "upstream_quiet")
     by_id = {w.incident.id: w for w in out}
     assert by_id[kids[0].id].event.type == "resolved"

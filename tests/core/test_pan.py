@@ -232,3 +232,58 @@ def test_embedded_pan_always_found(number: str, before: str, after: str) -> None
     assert pan.text_has_pan(text)
     assert pan.payload_has_pan(json.dumps({"note": text}).encode()) is True
     assert number not in pan.redact(text)
+
+
+# ---- numbers are dismissed by the prefilter itself (quote parity) -------------------------
+
+TS_2036 = next(t for t in (str(2_095_447_531_000 + i) for i in range(10)) if pan.luhn_ok(t))
+"""An epoch-ms timestamp of 2036: 13 digits starting with 2 that pass Luhn."""
+
+
+def _reference_has_pan(payload: bytes) -> bool | None:
+    """The scan as it was before quote parity: any prefilter hit means a full parse."""
+    hit = pan._PREFILTER.search(payload.translate(pan._BYTE_CLASSES)) is not None
+    if not hit and not (b"\\" in payload and pan._ESCAPED.search(payload)):
+        return False
+    try:
+        doc = pan.parse_for_scan(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    return pan.value_has_pan(doc)
+
+
+@pytest.mark.parametrize("payload", [
+    f'{{"v":1,"ts":{TS_2036},"seq":1}}'.encode(),
+    f'{{"amount_minor":{VISA},"saf":{{"oldest_ts":{TS_2036}}}}}'.encode(),
+    f'[{TS_2036}, {AMEX}]'.encode(),
+])
+def test_long_numbers_outside_strings_do_not_trip_the_prefilter(payload: bytes) -> None:
+    """From 2033 every epoch-ms ts starts with 2; numbers are never candidates, so they stay on the fast path."""
+    assert pan.might_contain_pan(payload) is False
+    assert pan.payload_has_pan(payload) is False
+
+
+@pytest.mark.parametrize("payload", [
+    f'{{"ts":{TS_2036},"note":"card {VISA}"}}'.encode(),
+    f'{{"ts":{TS_2036},"{VISA}":1}}'.encode(),
+    f'{{"ts":{TS_2036},"note":"a \\"quoted\\" {VISA}"}}'.encode(),
+])
+def test_a_card_number_in_a_string_after_a_long_number_is_still_found(payload: bytes) -> None:
+    assert pan.might_contain_pan(payload) is True
+    assert pan.payload_has_pan(payload) is True
+
+
+json_leaves = st.one_of(
+    st.integers(min_value=0, max_value=10**19),
+    st.sampled_from([VISA, AMEX, MASTERCARD, TS_2036, f"x {VISA} y", "5555 5555 5555 4444", 'q"uote', "plain"]),
+    st.text(alphabet="0123456789 -\"\\ab", max_size=25),
+)
+json_docs = st.recursive(json_leaves, lambda inner: st.one_of(
+    st.lists(inner, max_size=4), st.dictionaries(st.sampled_from(["a", "ts", "note", VISA, "terminal_id"]), inner,
+                                                 max_size=4)), max_leaves=8)
+
+
+@given(json_docs)
+def test_quote_parity_gives_the_same_answer_as_a_full_scan(doc: object) -> None:
+    payload = json.dumps(doc).encode()
+    assert pan.payload_has_pan(payload) == _reference_has_pan(payload)

@@ -459,6 +459,43 @@ def test_watched_batch_resolves_when_it_closes() -> None:
     assert out.open == {}
 
 
+def test_tamper_watches_only_the_batches_open_when_it_starts() -> None:
+    """A terminal that keeps reporting tamper and keeps trading: its later batches, closed and
+    settled on time, are not put under watch by the tamper beats that follow."""
+    steps: list[Step] = [
+        *sales(10_000), (2, hb(tamper=True)),                       # batch 1 open at the tamper
+        (2.5, txn("b2-1", 4_000, batch=2)), (3, hb(tamper=True)),  # batch 2 opens after it
+        (3.5, close(4_000, 1, batch=2)), (4, hb(tamper=True)), (4.5, settle(4_000, 1, batch=2)),
+        (5, txn("b3-1", 7_000, batch=3)), (5.5, hb(tamper=True)),
+        (6, close(7_000, 1, batch=3)), (6.5, settle(7_000, 1, batch=3)), (7, hb(tamper=True)),
+    ]
+    out, book = drive(steps, until=7.5)
+    opened = {f.key for f in out.findings()}
+    assert opened == {"terminal|T1|settlement_gap|1|CNY|batch_not_closed"}
+    assert book.batch("T1", 1, "CNY") is not None
+
+
+def test_a_new_tamper_after_a_clear_one_watches_again() -> None:
+    """tamper true, then false, then true again: the second tamper watches what is open then."""
+    steps: list[Step] = [
+        *sales(10_000), (2, hb(tamper=True)), (2.5, close(10_000, 1)), (3, settle(10_000, 1)),
+        (3.5, hb(tamper=False)), (4, txn("b2-1", 4_000, batch=2)), (4.5, hb(tamper=True)),
+    ]
+    out, _ = drive(steps, until=5)
+    keys = [f.key for f in out.findings()]
+    assert keys[0] == "terminal|T1|settlement_gap|1|CNY|batch_not_closed"
+    assert keys[-1] == "terminal|T1|settlement_gap|2|CNY|batch_not_closed"
+
+
+def test_tamper_known_at_start_is_not_a_new_tamper() -> None:
+    """A terminal already tampered before a restart: its tamper beats after it watch nothing new."""
+    book = SettlementBook(CFG)
+    book.note_tampered("T1")
+    out, _ = drive([(1, txn("b2-1", 4_000, batch=2)), (2, hb(tamper=True)), (3, hb(tamper=True))],
+                   until=4, book=book)
+    assert out.findings() == []
+
+
 HOUR_MS = 3_600_000
 
 

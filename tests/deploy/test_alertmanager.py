@@ -290,3 +290,101 @@ def test_hardware_alerts_are_not_inhibited_by_an_outage(alertmanager: _LiveAlert
     assert len(got) == 2
     assert sorted(i for _, note in got for i in _alert_ids(note)) == ["I-FLEET", "I-TAMPER"]
     assert {path for path, _ in got} == {"/pager"}
+
+
+# ------------------------------------------------------- inhibition: only what the upstream explains
+
+KIT_A920_241 = {"model": "A920", "fw": "2.4.1", "net_type": "4g"}
+KIT_A920_250 = {"model": "A920", "fw": "2.5.0", "net_type": "wifi"}
+KIT_P60 = {"model": "P60", "fw": "3.0.2", "net_type": "wifi"}
+KIT_N910 = {"model": "N910", "fw": "6.1.0", "net_type": "eth"}
+
+
+def _upstream(incident_id: str, cause: str, group: dict[str, str] | None = None) -> dict[str, Any]:
+    """An upstream alert as the daemon labels it (alert_for): a group one carries its attributes."""
+    alert = _incident(incident_id, "host_outage", cause, "critical", "group" if group else "fleet")
+    if group:
+        alert["labels"]["group"] = ",".join(f"{k}={v}" for k, v in sorted(group.items()))
+        alert["labels"].update(group)
+    return alert
+
+
+def _child(incident_id: str, kind: str, cause: str, kit: dict[str, str] | None = None, *,
+           scope: str = "terminal") -> dict[str, Any]:
+    """A terminal alert carries its terminal's kit; a merchant one has none."""
+    severity = "minor" if cause == "weak_signal" else "critical" if kind == "tamper" else "major"
+    alert = _incident(incident_id, kind, cause, severity, scope, terminal=incident_id if scope == "terminal" else None,
+                      merchant="M-" + incident_id)
+    if kit:
+        alert["labels"].update(kit)
+    return alert
+
+
+INHIBITION_ROUNDS: list[tuple[str, list[dict[str, Any]], list[tuple[dict[str, Any], bool]]]] = [
+    ("fleet host_errors + A920 2.4.1 offline wave", [
+        _upstream("U-FLEET-HOST", "host_errors"),
+        _upstream("U-KIT-WAVE", "offline_wave", {"model": "A920", "fw": "2.4.1"}),
+    ], [
+        (_child("C-LINK-P60", "network", "comm_errors", KIT_P60), True),
+        (_child("C-LINK-SHOP", "network", "comm_errors", scope="merchant"), True),
+        (_child("C-SILENT-P60", "network", "offline", KIT_P60), False),
+        (_child("C-SILENT-241", "network", "offline", KIT_A920_241), True),
+        (_child("C-SILENT-250", "network", "offline", KIT_A920_250), False),
+        (_child("C-SILENT-SHOP", "network", "offline", scope="merchant"), False),
+        (_child("C-WEAK", "network", "weak_signal", KIT_P60), False),
+        (_child("C-CONFIG-97", "config", "not_registered", KIT_P60), False),
+        (_child("C-CONFIG-A0", "config", "keys", KIT_A920_241), False),
+        (_child("C-JAM", "printer", "jam", KIT_A920_241), False),
+        (_child("C-TAMPER", "tamper", "tamper", KIT_P60), False),
+        (_child("C-GAP", "settlement_gap", "not_settled", KIT_P60), False),
+    ]),
+    ("4g and P60 host_errors + fleet offline wave", [
+        _upstream("U-4G-HOST", "host_errors", {"net_type": "4g"}),
+        _upstream("U-P60-HOST", "host_errors", {"model": "P60"}),
+        _upstream("U-FLEET-WAVE", "offline_wave"),
+    ], [
+        (_child("C-LINK-4G", "network", "comm_errors", KIT_A920_241), True),
+        (_child("C-LINK-P60", "network", "comm_errors", KIT_P60), True),
+        (_child("C-LINK-N910", "network", "comm_errors", KIT_N910), False),
+        (_child("C-LINK-UNKNOWN-KIT", "network", "comm_errors"), False),
+        (_child("C-LINK-SHOP", "network", "comm_errors", scope="merchant"), False),
+        (_child("C-SILENT-N910", "network", "offline", KIT_N910), True),
+        (_child("C-SILENT-SHOP", "network", "offline", scope="merchant"), True),
+        (_child("C-CONFIG-58", "config", "not_permitted", KIT_P60), False),
+    ]),
+]
+
+
+def _amtool_query(alertmanager: _LiveAlertmanager, *flags: str) -> set[str]:
+    """Incident ids amtool lists with these state flags (``--inhibited``, ``--active``)."""
+    out = run_tool([require_binary("amtool"), "alert", "query", *flags, "-o", "json",
+                    f"--alertmanager.url={alertmanager.url}", "alertname=FleetwatchIncident"])
+    return {a["labels"]["incident_id"] for a in json.loads(out)}
+
+
+@pytest.mark.parametrize(("name", "sources", "targets"), INHIBITION_ROUNDS, ids=[r[0] for r in INHIBITION_ROUNDS])
+def test_an_upstream_alert_inhibits_only_what_it_explains(
+    alertmanager: _LiveAlertmanager, name: str, sources: list[dict[str, Any]],
+    targets: list[tuple[dict[str, Any], bool]],
+) -> None:
+    """Both sides, as amtool sees them on the live shipped config: host_errors inhibits the
+    comm_errors of terminals in its scope (a group's by model / fw / net_type) and of shops
+    (fleet only); offline_wave inhibits offline; silence under a host outage, a link failure
+    under a wave, configuration codes, hardware, tamper and money are never inhibited."""
+    alertmanager.post(sources)
+    time.sleep(0.5)  # the inhibitor learns of source alerts asynchronously
+    alertmanager.post([alert for alert, _ in targets])
+    expected_inhibited = {a["labels"]["incident_id"] for a, inhibited in targets if inhibited}
+    expected_active = {a["labels"]["incident_id"] for a, inhibited in targets if not inhibited}
+    sources_ids = {a["labels"]["incident_id"] for a in sources}
+
+    deadline = time.monotonic() + 10
+    while True:
+        inhibited = _amtool_query(alertmanager, "--inhibited") - sources_ids
+        active = _amtool_query(alertmanager, "--active") - sources_ids
+        if (inhibited, active) == (expected_inhibited, expected_active) or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert inhibited == expected_inhibited, name
+    assert active == expected_active, name
+    assert sources_ids <= _amtool_query(alertmanager, "--active"), "an upstream inhibits no upstream"

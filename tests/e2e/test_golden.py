@@ -1,9 +1,10 @@
-"""The golden scenarios (../shared/scenarios, copied to tests/data) through a real broker.
+"""The golden scenarios (../shared/scenarios, copied to tests/data, and this project's own) through a real broker.
 
 Each scenario is replayed in real time by the shared `replay.py` into its own topic
 prefix, with its own daemon configured as the scenario says, all scenarios at once (they
 are light, and real time is what takes long). Then the shared `score.py` judges the
-daemon's API exactly as the acceptance suite does.
+daemon's API exactly as the acceptance suite does; this project's own scenarios are also
+judged by the expectations score.py does not know (parents, still open at, group).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.golden import shared_dir
+from tests.golden import OWN_SCENARIOS, check_extra, shared_dir
 from tests.services import Broker, Daemon
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -30,10 +32,14 @@ SCENARIOS = ["decline-storm", "printer-lifecycle", "reader-wear", "offline-and-f
              "settlement-day"]
 
 
-def scenario_config(name: str) -> dict[str, dict[str, Any]]:
+def scenario_head(name: str) -> dict[str, Any]:
     with (DATA / f"{name}.jsonl").open(encoding="utf-8") as fh:
         head: dict[str, Any] = json.loads(fh.readline())
-    config: dict[str, dict[str, Any]] = head.get("config", {})
+    return head
+
+
+def scenario_config(name: str) -> dict[str, dict[str, Any]]:
+    config: dict[str, dict[str, Any]] = scenario_head(name).get("config", {})
     return config
 
 
@@ -60,16 +66,17 @@ class Run:
         self.name, self.daemon = name, daemon
         self.start: float | None = None
         self.error: BaseException | None = None
+        self.at_end: list[dict[str, Any]] = []
+        """Every incident as the API listed it just after the stream ended."""
 
 
-@pytest.fixture(scope="module")
-def golden_runs(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
-    """All scenarios replayed concurrently, each into its own daemon."""
+def replay_all(names: list[str], tag: str, broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Run]:
+    """The scenarios replayed concurrently, each into its own daemon; their incidents read at the end."""
     shared_dir()  # fails at once, naming where it looked, when the shared tools are not there
     runs: dict[str, Run] = {}
-    for i, name in enumerate(SCENARIOS):
+    for i, name in enumerate(names):
         workdir = tmp_path_factory.mktemp(name)
-        daemon = Daemon(workdir, broker.url, prefix=f"golden{i}/fleet/v1", client_id=f"fw-golden-{name}",
+        daemon = Daemon(workdir, broker.url, prefix=f"{tag}{i}/fleet/v1", client_id=f"fw-{tag}-{name}",
                         overrides=scenario_config(name))
         daemon.start()
         runs[name] = Run(name, daemon)
@@ -77,6 +84,8 @@ def golden_runs(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Ite
     def play(run: Run) -> None:
         try:
             run.start = replay(run.name, broker, run.daemon.prefix)
+            time.sleep(1.0)  # let the last messages and sweeps commit
+            run.at_end = run.daemon.incidents(status="all")
         except BaseException as exc:
             run.error = exc
 
@@ -85,11 +94,30 @@ def golden_runs(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Ite
         t.start()
     for t in threads:
         t.join()
-    time.sleep(1.0)  # let the last messages and sweeps commit
-    yield runs
+    return runs
+
+
+def stop_all(runs: dict[str, Run]) -> None:
     for run in runs.values():
         if run.daemon.proc is not None:
             run.daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def golden_runs(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    """The shared scenarios replayed concurrently, each into its own daemon."""
+    runs = replay_all(SCENARIOS, "golden", broker, tmp_path_factory)
+    yield runs
+    stop_all(runs)
+
+
+@pytest.fixture(scope="module")
+def own_runs(broker: Broker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Run]]:
+    """This project's scenarios, replayed concurrently after the shared ones (one group at a time
+    keeps a two-core machine from falling behind real time)."""
+    runs = replay_all(list(OWN_SCENARIOS), "own", broker, tmp_path_factory)
+    yield runs
+    stop_all(runs)
 
 
 @pytest.mark.parametrize("name", SCENARIOS)
@@ -100,6 +128,25 @@ def test_golden_scenario_passes_every_expectation(golden_runs: dict[str, Run], n
     assert run.start is not None
     result = score(name, run.start, run.daemon)
     assert result.returncode == 0, result.stdout + result.stderr + run.daemon.logs()[-2000:]
+
+
+@pytest.mark.parametrize("name", OWN_SCENARIOS)
+def test_own_scenario_passes_every_expectation(own_runs: dict[str, Run], name: str) -> None:
+    """score.py finds every expected incident and no forbidden one, and the parents, still-open
+    times and groups the scenario expects hold as the API listed them when the stream ended."""
+    run = own_runs[name]
+    assert run.error is None, run.error
+    assert run.start is not None
+    result = score(name, run.start, run.daemon)
+    assert result.returncode == 0, result.stdout + result.stderr + run.daemon.logs()[-2000:]
+    expect = json.loads((DATA / f"{name}.expect.json").read_text(encoding="utf-8"))
+    end = run.start + scenario_head(name)["duration_ms"]
+    items = [i for i in run.at_end if _opened_ms(i) <= end]
+    assert check_extra(items, expect, run.start) == []
+
+
+def _opened_ms(item: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(item["opened_at"]).replace("Z", "+00:00")).timestamp() * 1000
 
 
 def test_sigkill_mid_scenario_keeps_incidents_without_twins(broker: Broker, tmp_path: Path) -> None:

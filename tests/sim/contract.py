@@ -11,9 +11,9 @@ import re
 
 import msgspec
 
-from fleetwatch.core.messages import BatchClose, Heartbeat, Settlement, StateMsg, TxnResult
+from fleetwatch.core.messages import BatchClose, Heartbeat, Message, Settlement, StateMsg, TxnResult, invalid_field
 
-TYPES: dict[str, type[msgspec.Struct]] = {
+TYPES: dict[str, type[Message]] = {
     "heartbeat": Heartbeat, "txn": TxnResult, "batch": BatchClose, "state": StateMsg, "settlement": Settlement,
 }
 _PAN = re.compile(r"(?<!\d)(?:\d{13,19}|\d{4}[ -]\d{4}[ -]\d{4}[ -]\d{4}(?:[ -]\d{3})?|\d{4}[ -]\d{6}[ -]\d{5})(?!\d)")
@@ -68,6 +68,8 @@ def check(topic: str, payload: bytes, prefix: str) -> str | None:
     try:
         msg = msgspec.json.decode(payload, type=TYPES[leaf])
     except (KeyError, msgspec.ValidationError):
+        return "schema"
+    if invalid_field(msg) is not None:  # the identifier, currency and rc formats (not msgspec patterns)
         return "schema"
     if topic_tid is not None and getattr(msg, "terminal_id", None) != topic_tid:
         return "spoof"
