@@ -115,8 +115,9 @@ class StoreWriter(Protocol):
 class StoreRestore(Protocol):
     """What the daemon reads once at start to rebuild the engine."""
 
-    def terminal_chunks(self) -> AsyncIterator[list[TerminalRecord]]:
-        """Every terminal, a few thousand at a time, so a million never exist at once."""
+    def terminal_chunks(self) -> AsyncIterator[Sequence[TerminalRecord]]:
+        """Every terminal, a few thousand at a time, so a million never exist at once (each
+        chunk builds its records as it is iterated: storage.rows.TerminalChunk)."""
         ...
 
     async def load_open_incidents(self) -> list[Incident]:

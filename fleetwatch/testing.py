@@ -27,6 +27,7 @@ from fleetwatch.storage.rows import (
     TXN_COLUMNS,
     PreparedWrite,
     Row,
+    TerminalChunk,
     batch_of,
     dead_letter_of,
     event_of,
@@ -201,11 +202,11 @@ class MemoryStore:
 
     # ---- restore ---------------------------------------------------------------------
 
-    async def terminal_chunks(self) -> AsyncIterator[list[TerminalRecord]]:
+    async def terminal_chunks(self) -> AsyncIterator[Sequence[TerminalRecord]]:
         self._check_open()
         rows = list(self._t.terminals.values())
         for start in range(0, len(rows), LOAD_CHUNK):
-            yield [terminal_of(r) for r in rows[start:start + LOAD_CHUNK]]
+            yield TerminalChunk(rows[start:start + LOAD_CHUNK])
 
     async def load_terminals(self) -> list[TerminalRecord]:
         return [t async for chunk in self.terminal_chunks() for t in chunk]

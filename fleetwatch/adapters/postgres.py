@@ -48,6 +48,7 @@ from fleetwatch.storage.rows import (
     PreparedWrite,
     Row,
     Table,
+    TerminalChunk,
     batch_of,
     dead_letter_of,
     event_of,
@@ -354,14 +355,14 @@ class PostgresStore:
         """Every terminal as a list (tests and tools; the daemon streams ``terminal_chunks``)."""
         return [t async for chunk in self.terminal_chunks() for t in chunk]
 
-    async def terminal_chunks(self) -> AsyncIterator[list[TerminalRecord]]:
+    async def terminal_chunks(self) -> AsyncIterator[Sequence[TerminalRecord]]:
         """Every terminal, LOAD_CHUNK rows at a time, through a server-side cursor."""
         self._check_open()
         with _translated("store read", self._where):
             async with self._pool.acquire() as conn, _transaction(conn):
                 cursor = await conn.cursor(f"SELECT {_cols(TERMINAL_COLUMNS)} FROM terminals")
                 while chunk := await cursor.fetch(LOAD_CHUNK):
-                    yield list(map(terminal_of, chunk))
+                    yield TerminalChunk(chunk)
 
     async def load_open_incidents(self) -> list[Incident]:
         rows = await self._fetch(

@@ -61,6 +61,7 @@ from fleetwatch.storage.rows import (
     PreparedWrite,
     Row,
     Table,
+    TerminalChunk,
     batch_of,
     dead_letter_of,
     event_of,
@@ -444,12 +445,11 @@ class SqliteStore:
         """Every terminal as a list (tests and tools; the daemon streams ``terminal_chunks``)."""
         return [t async for chunk in self.terminal_chunks() for t in chunk]
 
-    async def terminal_chunks(self) -> AsyncIterator[list[TerminalRecord]]:
+    async def terminal_chunks(self) -> AsyncIterator[Sequence[TerminalRecord]]:
         """Every terminal, LOAD_CHUNK rows at a time, read on a connection of its own.
 
-        Each chunk is read and turned into records in a worker thread, with the database
-        memory-mapped (pages straight from the OS cache): the restore of a million
-        terminals spends its time building engine state, not waiting on SQLite.
+        Each chunk is read in a worker thread, with the database memory-mapped (pages
+        straight from the OS cache); its records are built as the engine iterates it.
         """
         self._check_open()
 
@@ -458,8 +458,8 @@ class SqliteStore:
             conn.execute("PRAGMA mmap_size = 4294967296")
             return conn
 
-        def next_chunk(cursor: sqlite3.Cursor) -> list[TerminalRecord]:
-            return list(map(terminal_of, cursor.fetchmany(LOAD_CHUNK)))
+        def next_chunk(cursor: sqlite3.Cursor) -> TerminalChunk:
+            return TerminalChunk(cursor.fetchmany(LOAD_CHUNK))
 
         try:
             conn = await asyncio.to_thread(connect)

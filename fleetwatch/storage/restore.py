@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
-from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Generator, Iterable, Iterator, Sequence
 from typing import TypeVar
 
 T = TypeVar("T")
@@ -38,11 +38,11 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-async def _next_chunk(chunks: AsyncIterator[list[T]]) -> list[T] | None:
+async def _next_chunk(chunks: AsyncIterator[Sequence[T]]) -> Sequence[T] | None:
     return await anext(chunks, None)
 
 
-async def feed_in_thread(consume: Callable[[Iterable[T]], R], chunks: AsyncIterator[list[T]]) -> R:
+async def feed_in_thread(consume: Callable[[Iterable[T]], R], chunks: AsyncIterator[Sequence[T]]) -> R:
     """``consume(items)`` in a worker thread, its items pulled from ``chunks`` in this loop.
 
     An error of the store (raised while fetching) reaches ``consume`` as it iterates and

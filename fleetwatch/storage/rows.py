@@ -18,12 +18,12 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from enum import Enum
 from operator import attrgetter, itemgetter
-from typing import Any, Final, assert_never
+from typing import Any, Final, assert_never, overload
 
 from fleetwatch.core.model import (
     BatchRecord,
@@ -272,6 +272,37 @@ def terminal_of(row: Sequence[Any]) -> TerminalRecord:
     rec.reader_fault = bool(rec.reader_fault)
     rec.tamper = bool(rec.tamper)
     return rec
+
+
+class TerminalChunk(Sequence[TerminalRecord]):
+    """A chunk of terminal rows that become records one at a time, as they are iterated.
+
+    The restore streams a million terminals; the engine turns each record into its compact
+    state and drops it. Built one by one, each record reuses the memory of the one before;
+    built 20,000 at a time they cost about 2 s more CPU for a million terminals (measured:
+    a list of records per chunk against this), and leave a more fragmented heap.
+    """
+
+    __slots__ = ("_rows",)
+
+    def __init__(self, rows: Sequence[Sequence[Any]]) -> None:
+        self._rows = rows
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    @overload
+    def __getitem__(self, index: int) -> TerminalRecord: ...
+    @overload
+    def __getitem__(self, index: slice) -> list[TerminalRecord]: ...
+
+    def __getitem__(self, index: int | slice) -> TerminalRecord | list[TerminalRecord]:
+        if isinstance(index, slice):
+            return [terminal_of(r) for r in self._rows[index]]
+        return terminal_of(self._rows[index])
+
+    def __iter__(self) -> Iterator[TerminalRecord]:
+        return map(terminal_of, self._rows)
 
 
 def batch_of(row: Sequence[Any]) -> BatchRecord:
