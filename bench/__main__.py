@@ -13,13 +13,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from bench import harness, report
+from bench import harness, notices, report
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("what", nargs="+",
-                   choices=("publisher", "ingest", "stores", "memory", "restart", "metrics", "latency", "all"))
+                   choices=("publisher", "ingest", "stores", "memory", "restart", "metrics", "latency", "notices",
+                            "all"))
     p.add_argument("--smoke", action="store_true", help="tiny and fast (2,000 messages); no speed targets")
     p.add_argument("--terminals", type=int, default=None, help="fleet of the ingest stream (default 20,000)")
     p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 200,000)")
@@ -76,6 +77,12 @@ async def _run(what: set[str], opts: harness.Options) -> list[report.Figure]:
         figs.append(await harness.figure_stores(opts))
     if "latency" in what:
         figs.append(await harness.figure_latency(opts))
+    if "notices" in what:
+        suffix = " --smoke" if opts.smoke else ""
+        cmd = f"{opts.command} notices{suffix}"
+        figs.append(await notices.figure_page(cmd, opts.smoke))
+        figs.append(await notices.figure_ingest(cmd, opts))
+        figs.append(await asyncio.to_thread(notices.figure_outage, cmd, opts.smoke))
     fleet_figs = what & {"memory", "restart", "metrics"}
     if fleet_figs:
         figs += await harness.figure_fleet(opts, fleet_figs)

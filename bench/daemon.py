@@ -68,6 +68,8 @@ class Daemon:
     http_port: int = 0
     store_url: str | None = None
     """None: SQLite in ``workdir``; else a PostgreSQL URL."""
+    extra_config: str = ""
+    """TOML sections appended to the config (e.g. ``[notice]`` settings)."""
 
     @property
     def db(self) -> Path:
@@ -82,7 +84,7 @@ class Daemon:
         self.http_port = free_port()
         conf = self.workdir / "fleetwatch.toml"
         conf.write_text(daemon_config(self.mqtt_port, self.http_port, self.db, interval=self.interval,
-                                      store_url=self.store_url))
+                                      store_url=self.store_url) + self.extra_config)
         log = (self.workdir / "daemon.log").open("ab")
         cmd = os.environ.get("FLEETWATCH_BENCH_CMD")
         argv = cmd.split() if cmd else [sys.executable, "-m", "fleetwatch"]
@@ -199,5 +201,6 @@ async def _pg_count(url: str, table: str) -> int:
         await conn.close()
 
 
-def new_daemon(mqtt_port: int, interval: float = 60.0, store_url: str | None = None) -> Daemon:
-    return Daemon(mqtt_port, Path(tempfile.mkdtemp(prefix="fw-bench-")), interval, store_url=store_url)
+def new_daemon(mqtt_port: int, interval: float = 60.0, extra_config: str = "", store_url: str | None = None) -> Daemon:
+    return Daemon(mqtt_port, Path(tempfile.mkdtemp(prefix="fw-bench-")), interval, store_url=store_url,
+                  extra_config=extra_config)

@@ -20,32 +20,38 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import secrets
 import signal
 import socket
 import time
-from collections.abc import Generator
+from collections.abc import Generator, Mapping
 from pathlib import Path
 
 import structlog
 import uvicorn
 
 from fleetwatch import __version__
+from fleetwatch.adapters.catalogues import load_catalogues
 from fleetwatch.adapters.http import build_app
 from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.adapters.mqtt import GmqttSource
+from fleetwatch.adapters.notice_page import merchant_app, merchant_router
 from fleetwatch.adapters.notify import AlertmanagerNotifier
 from fleetwatch.adapters.postgres import PostgresStore
 from fleetwatch.adapters.sqlite import SqliteStore
-from fleetwatch.config import HttpSettings, Settings, StoreSettings, deprecated_settings, start_summary
+from fleetwatch.config import Settings, StoreSettings, deprecated_settings, start_summary
+from fleetwatch.core.calendar import Calendar
+from fleetwatch.core.catalogue import Catalogue, Context
 from fleetwatch.core.engine import Engine
 from fleetwatch.core.model import Effect, Incident
+from fleetwatch.core.screens import TerminalScreens
 from fleetwatch.credentials import write_token_file
 from fleetwatch.errors import ListenError, StoreError
+from fleetwatch.merchant_notices import MerchantNotices, NoticeApi, NoticeLinks, new_secret
 from fleetwatch.pipeline import Pipeline
 from fleetwatch.ports import ConnectFailure, Store
 from fleetwatch.storage.restore import feed_in_thread
 from fleetwatch.storage.retention import RetentionJob, retention_seconds
+from fleetwatch.terminal_notices import TerminalNotices, clear_published
 
 log = structlog.get_logger("fleetwatch.app")
 
@@ -60,17 +66,46 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-def api_token(settings: Settings) -> str:
-    """The configured token, or a generated one written (0600) where the operator can read it."""
+API_TOKEN_SECRET = "http.api_token"
+LINK_KEY_SECRET = "notice.link_key"
+
+
+async def api_token(settings: Settings, store: Store) -> str:
+    """The configured token, or the one generated into the store (shared by every instance on
+    it), written (0600) where the operator can read it."""
     configured = settings.http.api_token.get_secret_value()
     if configured:
         return configured
+    token = await store.secret(API_TOKEN_SECRET, new_secret())
     beside = Path(settings.store.sqlite_path).parent if settings.store.backend == "sqlite" else Path()
     path = Path(settings.http.token_file or beside / "api-token")
-    token = secrets.token_urlsafe(24)
     write_token_file(path, token)  # CredentialFileError naming the file
-    log.warning("no http.api_token configured: generated one", token_file=str(path))
+    log.warning("no http.api_token configured: using the one generated in the store", token_file=str(path))
     return token
+
+
+async def link_key(settings: Settings, store: Store) -> bytes:
+    """``notice.link_key``, or the one generated into the store at first start."""
+    configured = settings.notice.link_key.get_secret_value()
+    if configured:
+        return configured.encode()
+    return (await store.secret(LINK_KEY_SECRET, new_secret())).encode()
+
+
+def notice_base_url(settings: Settings) -> str:
+    """Where signed links point: ``notice.public_url``, else the address ``/m/`` is served on."""
+    if settings.notice.public_url:
+        return settings.notice.public_url
+    return f"http://{settings.notice.listen or settings.http.listen}"
+
+
+def notice_context(settings: Settings) -> Context:
+    n = settings.notice
+    return Context(support_phone=n.support_phone, acquirer_name=n.acquirer_name, settle_days=n.settle_days)
+
+
+def calendar_of(settings: Settings) -> Calendar:
+    return Calendar(settings.detect.day_s, settings.detect.zone)
 
 
 def terminal_groups(engine: Engine, terminal_id: str) -> dict[str, str | None]:
@@ -81,21 +116,21 @@ def terminal_groups(engine: Engine, terminal_id: str) -> dict[str, str | None]:
     return {"model": rec.model, "fw": rec.fw, "net_type": rec.net_type}
 
 
-def bind_listener(settings: HttpSettings) -> socket.socket:
-    """Bind ``http.listen`` now (uvicorn serves on it later): a busy or foreign address is a ListenError."""
-    host, port = settings.host_port
+def bind_listener(host_port: tuple[str, int], setting: str, listen: str) -> socket.socket:
+    """Bind an address now (uvicorn serves on it later): a busy or foreign address is a ListenError."""
+    host, port = host_port
     try:
         family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                                              flags=socket.AI_PASSIVE)[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:
-        raise ListenError(f"http.listen {settings.listen}: {exc.strerror or exc}") from exc
+        raise ListenError(f"{setting} {listen}: {exc.strerror or exc}") from exc
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
     except OSError as exc:
         sock.close()
-        raise ListenError(f"http.listen {settings.listen}: {exc.strerror or exc}") from exc
+        raise ListenError(f"{setting} {listen}: {exc.strerror or exc}") from exc
     return sock
 
 
@@ -108,33 +143,18 @@ def not_ready_reason(connected: bool, failure: ConnectFailure | None) -> str | N
     return f"mqtt: {failure.reason}: {failure.detail}"
 
 
-async def open_store(settings: StoreSettings) -> Store:
-    """The backend ``store.url`` names, opened and migrated (StoreError if it cannot be)."""
-    if settings.backend == "postgresql":
-        return await PostgresStore.open(settings.url, dead_letters_kept=settings.dead_letters_kept)
-    return await SqliteStore.open(settings.sqlite_path, dead_letters_kept=settings.dead_letters_kept)
-
-
-async def restore_engine(engine: Engine, store: Store, now: float, recent_txn_keys: int) -> list[Incident]:
-    """Rebuild the engine from the store; returns the open incidents (the notifier wants them)."""
-    open_incidents = await store.load_open_incidents()
-    batches = await store.load_open_batches()
-    txn_keys = await store.load_recent_txn_keys(recent_txn_keys)
-    await feed_in_thread(
-        lambda terminals: engine.restore(terminals, open_incidents, batches, txn_keys, now),
-        store.terminal_chunks(),
-    )
-    return open_incidents
-
-
 async def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT (returns 0); raise what stopped it otherwise (the CLI maps it to an exit code)."""
     log.info("fleetwatch starting", version=__version__, **start_summary(settings))
     for warning in deprecated_settings(settings):
         log.warning("deprecated setting", detail=warning)
     started = time.perf_counter()
-    listener = bind_listener(settings.http)
+    catalogues = load_catalogues(settings.notice.catalogue_dir)  # a bad operator file: ConfigError, at once
+    listeners = [bind_listener(settings.http.host_port, "http.listen", settings.http.listen)]
     try:
+        notice_listen = settings.notice.host_port
+        if notice_listen is not None:
+            listeners.append(bind_listener(notice_listen, "notice.listen", settings.notice.listen))
         metrics = Metrics()
 
         def connection_changed(up: bool) -> None:
@@ -148,20 +168,45 @@ async def run_daemon(settings: Settings) -> int:
                              on_reconnect=metrics.mqtt_reconnects.inc, on_connect_failed=connect_failed)
         store = await open_store(settings.store)
         try:
-            return await _run_with_store(settings, store, started, metrics=metrics, source=source, listener=listener)
+            return await _run_with_store(settings, store, started, metrics=metrics, source=source,
+                                         listeners=listeners, catalogues=catalogues)
         finally:
             with contextlib.suppress(Exception):
                 await store.close()
     finally:
-        listener.close()
+        for listener in listeners:
+            listener.close()
+
+
+async def open_store(settings: StoreSettings) -> Store:
+    """The backend ``store.url`` names, opened and migrated (StoreError if it cannot be)."""
+    if settings.backend == "postgresql":
+        return await PostgresStore.open(settings.url, dead_letters_kept=settings.dead_letters_kept)
+    return await SqliteStore.open(settings.sqlite_path, dead_letters_kept=settings.dead_letters_kept)
+
+
+async def restore_engine(
+    engine: Engine, store: Store, now: float, recent_txn_keys: int,
+) -> tuple[list[Incident], dict[str, list[tuple[str, str | None]]]]:
+    """Rebuild the engine from the store; returns the open incidents and the upstreams' members."""
+    open_incidents = await store.load_open_incidents()
+    members = await store.load_open_upstream_members()
+    batches = await store.load_open_batches()
+    txn_keys = await store.load_recent_txn_keys(recent_txn_keys)
+    await feed_in_thread(
+        lambda terminals: engine.restore(terminals, open_incidents, batches, txn_keys, now,
+                                         upstream_members=members),
+        store.terminal_chunks(),
+    )
+    return open_incidents, members
 
 
 async def _run_with_store(
     settings: Settings, store: Store, started: float, *, metrics: Metrics, source: GmqttSource,
-    listener: socket.socket,
+    listeners: list[socket.socket], catalogues: Mapping[str, Catalogue],
 ) -> int:
     engine = Engine(settings.detect, settings.settlement)
-    open_incidents = await restore_engine(engine, store, time.time(), settings.detect.recent_txn_keys)
+    open_incidents, members = await restore_engine(engine, store, time.time(), settings.detect.recent_txn_keys)
     log.info("state restored", seconds=round(time.perf_counter() - started, 3))
     pipeline = Pipeline(settings, engine, store, metrics)
     pipeline.refresh_snapshot(time.time())
@@ -169,14 +214,23 @@ async def _run_with_store(
     async def commit(effects: list[Effect]) -> None:
         await pipeline.submit(effects)
 
+    calendar = calendar_of(settings)
+    notices = MerchantNotices(store, catalogues, notice_context(settings), calendar,
+                              recent_hours=settings.notice.recent_hours, default_lang=settings.notice.default_lang)
+    links = NoticeLinks(await link_key(settings, store), notice_base_url(settings), calendar)
     app = build_app(
-        token=api_token(settings), exposition=metrics.exposition, reads=store, decisions=engine, commit=commit,
-        not_ready_reason=lambda: not_ready_reason(source.connected, source.failure), clock=time.time,
+        token=await api_token(settings, store), exposition=metrics.exposition, reads=store, decisions=engine,
+        commit=commit, not_ready_reason=lambda: not_ready_reason(source.connected, source.failure),
+        clock=time.time, notices=NoticeApi(notices, links),
     )
-    host, port = settings.http.host_port
-    # log_config=None: uvicorn's loggers go through ours (logs.py), so a JSON stream stays JSON.
-    server = _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                                         lifespan="off", log_config=None))
+    pages = merchant_router(notices, links, time.time)
+    servers = [(_server(app, settings.http.host_port), listeners[0])]
+    if len(listeners) > 1:
+        servers.append((_server(merchant_app(pages), listeners[1].getsockname()[:2]), listeners[1]))
+    else:
+        app.include_router(pages)
+    await _start_terminal_notices(settings, store, engine, pipeline, source=source, metrics=metrics,
+                                  catalogues=catalogues, members=members)
     notifier = AlertmanagerNotifier(
         settings.notify, open_incidents, terminal_groups=lambda tid: terminal_groups(engine, tid),
     ) if settings.notify.alertmanager_url else None
@@ -200,7 +254,8 @@ async def _run_with_store(
         asyncio.create_task(pipeline.run_sweeper(), name="sweeper"),
         asyncio.create_task(retention.run(), name="retention"),
         asyncio.create_task(source.run(pipeline.on_message), name="mqtt"),
-        asyncio.create_task(server.serve(sockets=[listener]), name="http"),
+        *(asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{i}")
+          for i, (server, sock) in enumerate(servers)),
     }
     if notifier is not None:
         tasks.add(asyncio.create_task(notifier.run(), name="notifier"))
@@ -211,7 +266,7 @@ async def _run_with_store(
         log.info("stopping after a fatal error", task=next(t.get_name() for t in tasks & done))
     else:
         log.info("stopping on signal")
-    failure = await _shutdown(pipeline, source, server, tasks, failure)
+    failure = await _shutdown(pipeline, source, [server for server, _ in servers], tasks, failure)
     stopper.cancel()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.remove_signal_handler(sig)
@@ -230,8 +285,38 @@ def _failure_of(finished: set[asyncio.Task[None]]) -> BaseException | None:
     return None
 
 
+def _server(app: object, host_port: tuple[str, int]) -> uvicorn.Server:
+    host, port = host_port
+    # log_config=None: uvicorn's loggers go through ours (logs.py), so a JSON stream stays JSON.
+    return _QuietServer(uvicorn.Config(app, host=host, port=port, log_level="warning",  # type: ignore[arg-type]
+                                       access_log=False, lifespan="off", log_config=None))
+
+
+async def _start_terminal_notices(
+    settings: Settings, store: Store, engine: Engine, pipeline: Pipeline, *, source: GmqttSource,
+    metrics: Metrics, catalogues: Mapping[str, Catalogue], members: dict[str, list[tuple[str, str | None]]],
+) -> None:
+    """The terminals' screens: publish what changes, or clear everything when switched off."""
+    submit = pipeline.submit
+    prefix = settings.mqtt.topic_prefix
+    metrics.publish_backlog.set_function(lambda: source.publish_backlog)
+    if not settings.notice.publish_to_terminals:
+        cleared = clear_published(await store.load_terminal_notices(), source, prefix, submit, time.time)
+        if cleared:
+            log.info("notice.publish_to_terminals is off: clearing retained terminal notices", terminals=cleared)
+        return
+    detect = settings.detect
+    window = detect.intervals(detect.correlation_window_intervals)
+    screens = TerminalScreens(catalogues[settings.notice.terminal_lang], notice_context(settings), window)
+    screens.restore(engine.open_incidents(), members, await store.load_terminal_notices(shown_only=True))
+    glue = TerminalNotices(screens, source, prefix, submit, time.time,
+                           on_published=metrics.terminal_notices.inc, on_acked=metrics.terminal_notices_acked.inc)
+    pipeline.add_commit_listener(glue.on_commit)
+    pipeline.add_sweep_listener(glue.on_sweep)
+
+
 async def _shutdown(
-    pipeline: Pipeline, source: GmqttSource, server: uvicorn.Server,
+    pipeline: Pipeline, source: GmqttSource, servers: list[uvicorn.Server],
     tasks: set[asyncio.Task[None]], failure: BaseException | None,
 ) -> BaseException | None:
     """Stop in order; returns what the daemon failed with (the first failure wins), None on a clean stop."""
@@ -247,7 +332,8 @@ async def _shutdown(
             failure = failure or StoreError(f"the store did not take the last writes within {SHUTDOWN_GRACE_S} s")
         except StoreError as exc:
             failure = failure or exc
-    server.should_exit = True
+    for server in servers:
+        server.should_exit = True
     for task in tasks:
         if task is not writer and not task.done():
             task.cancel()

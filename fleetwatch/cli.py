@@ -1,4 +1,4 @@
-"""The ``fleetwatch`` command: run, check-config, demo, simulate, score.
+"""The ``fleetwatch`` command: run, check-config, notice-link, demo, simulate, score.
 
 Exit codes (README, docs/operating.md), decided here and nowhere else:
 
@@ -12,7 +12,8 @@ Exit codes (README, docs/operating.md), decided here and nowhere else:
   130  interrupted (Ctrl-C) before the daemon took over SIGINT, e.g. during the restore
 
 Each fatal error is one line on stderr naming the problem: a log line for ``run`` and
-``demo`` (JSON, or readable text on a terminal), a plain line for ``check-config``.
+``demo`` (JSON, or readable text on a terminal), a plain line for ``check-config`` and
+``notice-link``.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable, Sequence
 from typing import Final
 
 from fleetwatch import __version__
-from fleetwatch.config import deprecated_settings, effective_settings, load_settings
+from fleetwatch.config import Settings, deprecated_settings, effective_settings, load_settings
 from fleetwatch.errors import ConfigError, CredentialFileError, FleetwatchError, ListenError, StoreError
 
 EXIT_CODES: Final[dict[type[FleetwatchError], int]] = {
@@ -50,6 +51,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML settings file (every setting has a default)")
     check = sub.add_parser("check-config", help="validate a config and print the effective settings")
     check.add_argument("path", nargs="?", help="TOML settings file")
+    link = sub.add_parser("notice-link", help="print a signed link to a merchant's notice page")
+    link.add_argument("--config", help="TOML settings file (the daemon's)")
+    link.add_argument("merchant_id")
+    span = link.add_mutually_exclusive_group()
+    span.add_argument("--days", type=float, help="how long the link works, in days (default 30)")
+    span.add_argument("--seconds", type=float, help="how long the link works, in seconds")
     demo = sub.add_parser("demo", help="local broker + daemon + a small simulated fleet")
     demo.add_argument("--terminals", type=int, default=40)
     demo.add_argument("--http", default="127.0.0.1:9464", help="where the demo daemon listens")
@@ -91,10 +98,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace) -> int:
     if args.command == "check-config":
+        from fleetwatch.adapters.catalogues import load_catalogues
         from fleetwatch.credentials import mqtt_tls_context
 
         settings = load_settings(args.path)
         mqtt_tls_context(settings.mqtt)  # the same file checks as `run` (exit 4)
+        load_catalogues(settings.notice.catalogue_dir)  # the operator's texts, checked as `run` does
         for warning in deprecated_settings(settings):
             print(f"fleetwatch check-config: warning: {warning}", file=sys.stderr)
         print(json.dumps(effective_settings(settings), indent=2, sort_keys=True))
@@ -108,6 +117,10 @@ def _command(args: argparse.Namespace) -> int:
         with asyncio.Runner(loop_factory=_loop_factory()) as loop_runner:
             code: int = loop_runner.run(run_daemon(settings))
         return code
+    if args.command == "notice-link":
+        settings = load_settings(args.config)
+        print(asyncio.run(notice_link(settings, args.merchant_id, args.days, args.seconds)))
+        return 0
     if args.command == "demo":
         from fleetwatch.demo import run_demo
 
@@ -117,8 +130,8 @@ def _command(args: argparse.Namespace) -> int:
 
 def _report(command: str, message: str, code: int) -> None:
     """The one line an operator reads for a fatal error."""
-    if command == "check-config":
-        print(f"fleetwatch check-config: {message}", file=sys.stderr)
+    if command in ("check-config", "notice-link"):
+        print(f"fleetwatch {command}: {message}", file=sys.stderr)
         return
     import structlog
 
@@ -136,3 +149,34 @@ def _report_bug(command: str) -> None:
     configure_default_logging()
     structlog.get_logger("fleetwatch").exception(f"fleetwatch {command} stopped by an unexpected error (a bug)",
                                                  exit_code=EXIT_BUG)
+
+
+async def notice_link(settings: Settings, merchant_id: str, days: float | None, seconds: float | None) -> str:
+    """A signed link; a generated link key is read from (or first written to) the store."""
+    import time
+
+    from fleetwatch.adapters.sqlite import stored_secret
+    from fleetwatch.app import LINK_KEY_SECRET, calendar_of, link_key, notice_base_url, open_store
+    from fleetwatch.core.links import MERCHANT_ID
+    from fleetwatch.merchant_notices import NoticeLinks
+
+    if not MERCHANT_ID.match(merchant_id):
+        raise ConfigError(f"not a merchant id: {merchant_id!r} (1 to 32 of A-Z a-z 0-9 - .)")
+    if (days is not None and days <= 0) or (seconds is not None and seconds <= 0):
+        raise ConfigError("--days and --seconds must be positive")
+    configured = settings.notice.link_key.get_secret_value()
+    beside_daemon = not configured and settings.store.backend == "sqlite"  # PostgreSQL has no lock to mind
+    stored = stored_secret(settings.store.sqlite_path, LINK_KEY_SECRET) if beside_daemon else None
+    if configured:
+        key = configured.encode()
+    elif stored is not None:  # read beside a running daemon, which holds the store
+        key = stored.encode()
+    else:  # no daemon has started on this SQLite store yet (or PostgreSQL, which any process may open)
+        store = await open_store(settings.store)
+        try:
+            key = await link_key(settings, store)
+        finally:
+            await store.close()
+    links = NoticeLinks(key, notice_base_url(settings), calendar_of(settings))
+    url, _ = links.make(merchant_id, time.time(), days=days, seconds=seconds)
+    return url

@@ -25,6 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, Self
 from urllib.parse import urlsplit
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
@@ -66,6 +67,9 @@ class MqttSettings(_Section):
     receive_maximum: int = Field(default=1000, ge=20, le=65535)
     """MQTT 5 Receive Maximum: unacknowledged QoS 1 deliveries we accept at once."""
     reconnect_max_s: float = Field(default=30.0, gt=0)
+    publish_max_inflight: int = Field(default=100, ge=1, le=65000)
+    """Our own QoS 1 publishes (terminal notices) awaiting the broker's PUBACK at once; the
+    rest wait in a queue that keeps only the newest payload per topic."""
 
     @field_validator("url")
     @classmethod
@@ -135,7 +139,8 @@ class StoreSettings(_Section):
 class HttpSettings(_Section):
     listen: str = "127.0.0.1:9464"
     api_token: SecretStr = SecretStr("")
-    """Empty: the daemon generates one at start and logs the file it wrote it to."""
+    """Empty: generated at first start and kept in the store (shared by every instance on it);
+    written at each start to ``token_file``, whose path is logged."""
     token_file: str | None = None
     """Where a generated token is written; default: beside the store."""
 
@@ -154,8 +159,6 @@ class DetectSettings(_Section):
     """Detection constants. Every duration is a multiple of ``heartbeat_interval_s``."""
 
     heartbeat_interval_s: float = Field(default=60.0, gt=0)
-    day_s: float = Field(default=86400.0, gt=0)
-    """Length of a day in seconds: calendar quantities (store.retain_days...) scale with it (CONTRACT.md §8)."""
     offline_after_missed: float = Field(default=3, gt=0)
     clear_after_intervals: float = Field(default=3, gt=0)
     correlation_window_intervals: float = Field(default=5, gt=0)
@@ -228,6 +231,26 @@ class DetectSettings(_Section):
     """Extra response-code attributions per processor: {processor: {rc: blame}}."""
     processor: str | None = None
     """Which processor table applies on top of the built-in ISO 8583 / UnionPay one."""
+    day_s: float = Field(default=86400.0, gt=0)
+    """The length of a day. 86400: real days from local midnight in ``timezone``; any other
+    value compresses every calendar quantity (hours, recent_hours, settle_days, link days,
+    store.retain_days) and ignores time zones (tests and demos)."""
+    timezone: str = "Asia/Shanghai"
+    """IANA zone merchants' times are shown in (until a merchant has its own hours)."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone_exists(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"detect.timezone {v!r} is not a known IANA time zone") from exc
+        return v
+
+    @property
+    def zone(self) -> ZoneInfo:
+        """``timezone`` as a tzinfo (cached by zoneinfo)."""
+        return ZoneInfo(self.timezone)
 
     def intervals(self, n: float) -> float:
         """``n`` heartbeat intervals in seconds."""
@@ -312,6 +335,58 @@ class NotifySettings(_Section):
         return v
 
 
+Lang = Literal["zh-CN", "en"]
+
+
+class NoticeSettings(_Section):
+    """Merchant notices (CONTRACT §5): the signed page, the API and the terminal's screen."""
+
+    link_key: SecretStr = SecretStr("")
+    """HMAC key of signed merchant links. Empty: generated at first start and kept in the
+    store (shared by every instance on it). Changing it invalidates every link."""
+    public_url: str = ""
+    """Base of signed links, e.g. https://notices.example-acquirer.cn; empty: the address the
+    page is served on."""
+    listen: str = ""
+    """e.g. "0.0.0.0:9465": serve /m/ on this address only (no /api, no /metrics there)."""
+    default_lang: Lang = "zh-CN"
+    terminal_lang: Lang = "zh-CN"
+    recent_hours: float = Field(default=24, ge=0)
+    """Resolved notices stay on the page this long (hours of detect.day_s / 24)."""
+    catalogue_dir: str = ""
+    """A folder of the operator's catalogue files (zh-CN.toml, en.toml) overriding any text."""
+    support_phone: str = ""
+    acquirer_name: str = ""
+    settle_days: int = Field(default=1, ge=0, le=30)
+    """T+N: the days after which money is normally credited."""
+    publish_to_terminals: bool = True
+    """Publish each terminal's notice, retained, on {prefix}/term/{id}/notice; false clears
+    what was published."""
+
+    @field_validator("public_url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if v and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError("notice.public_url must start with http:// or https://")
+        return v.rstrip("/")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        if v:
+            _, sep, port = v.rpartition(":")
+            if not sep or not port.isdigit():
+                raise ValueError('notice.listen must be "host:port"')
+        return v
+
+    @property
+    def host_port(self) -> tuple[str, int] | None:
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]") or "127.0.0.1", int(port)
+
+
 class Settings(BaseSettings):
     """The daemon's whole configuration."""
 
@@ -327,6 +402,7 @@ class Settings(BaseSettings):
     settlement: SettlementSettings = SettlementSettings()
     log: LogSettings = LogSettings()
     notify: NotifySettings = NotifySettings()
+    notice: NoticeSettings = NoticeSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -418,8 +494,11 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
 
 def start_summary(settings: Settings) -> dict[str, str]:
     """The few facts the start log line carries: where messages, state and the API are."""
-    return {"broker": mask_url(settings.mqtt.url), "store": mask_url(settings.store.url),
-            "listen": settings.http.listen}
+    summary = {"broker": mask_url(settings.mqtt.url), "store": mask_url(settings.store.url),
+               "listen": settings.http.listen}
+    if settings.notice.listen:
+        summary["merchant_listen"] = settings.notice.listen
+    return summary
 
 
 MASK = "**********"

@@ -20,9 +20,11 @@ import threading
 import time
 from pathlib import Path
 
-from fleetwatch.config import load_settings
+from fleetwatch.config import Settings, load_settings
 
 DEMO_TOKEN = "demo"
+DEMO_MERCHANT = "M0000"
+CONFIG = Path("var/demo/fleetwatch.toml")
 
 
 def _free_port() -> int:
@@ -52,7 +54,7 @@ def _start_broker(workdir: Path) -> tuple[subprocess.Popen[bytes], int]:
     raise SystemExit("mosquitto did not start")
 
 
-def banner(*, broker_url: str, store: Path, http: str, terminals: int) -> str:
+def banner(*, broker_url: str, store: Path, http: str, terminals: int, link: str = "") -> str:
     """What a newcomer needs first: where everything is, the token, and what to type."""
     api = f"http://{http}"
     auth = f"-H 'Authorization: Bearer {DEMO_TOKEN}'"
@@ -69,6 +71,9 @@ def banner(*, broker_url: str, store: Path, http: str, terminals: int) -> str:
         f"  curl {auth} '{api}/api/v1/incidents?status=all'",
         f"  curl {api}/metrics",
         f"  curl {api}/openapi.json      (every API route)",
+        *([f"A shop's own page ({DEMO_MERCHANT}; its terminal T00000 is tampered with after about a minute):",
+           f"  {link}",
+           f"  another shop's: fleetwatch notice-link --config {CONFIG} M0001"] if link else []),
         "Docs: README.md and docs/ in the fleetwatch repository; docs/detection.md says what each incident means.",
         "",
         "Ctrl-C stops everything.",
@@ -86,20 +91,25 @@ def run_demo(*, terminals: int, http: str, duration: float) -> int:
     with tempfile.TemporaryDirectory(prefix="fleetwatch-demo-") as tmp:
         broker, port = _start_broker(Path(tmp))
         url = f"mqtt://127.0.0.1:{port}"
-        settings = load_settings(None, {
-            "mqtt": {"url": url, "client_id": "fleetwatch-demo"},
-            "store": {"url": f"sqlite:///{store}"},
-            "http": {"listen": http, "api_token": DEMO_TOKEN},
-            "detect": {"heartbeat_interval_s": 5},
-            "log": {"level": "info"},
-        })
+        CONFIG.resolve().write_text(
+            "# Written by `fleetwatch demo` (its settings, for `fleetwatch notice-link --config ...`).\n"
+            f'[mqtt]\nurl = "{url}"\nclient_id = "fleetwatch-demo"\n'
+            f'[store]\nurl = "sqlite:///{store}"\n'
+            f'[http]\nlisten = "{http}"\napi_token = "{DEMO_TOKEN}"\n'
+            '[detect]\nheartbeat_interval_s = 5\n[log]\nlevel = "info"\n'
+            '[notice]\nacquirer_name = "Demo Acquirer"\nsupport_phone = "400-000-0000"\n',
+            encoding="utf-8",
+        )
+        settings = load_settings(CONFIG)
         configure_logging(settings.log)
+        link = _notice_link(settings)
         simulator = subprocess.Popen([
             sys.executable, "-m", "fleetwatch", "simulate", "--url", url, "--terminals", str(terminals),
             "--merchants", str(max(1, terminals // 4)), "--interval", "5", "--speed", "60", "--quiet",
             "--scenario", str(Path(__file__).parent / "sim" / "demo.toml"),
         ])
-        print(banner(broker_url=url, store=store, http=http, terminals=terminals), file=sys.stderr, flush=True)
+        print(banner(broker_url=url, store=store, http=http, terminals=terminals, link=link), file=sys.stderr,
+              flush=True)
         if duration > 0:
             threading.Timer(duration, _interrupt).start()
         try:
@@ -109,6 +119,13 @@ def run_demo(*, terminals: int, http: str, duration: float) -> int:
                 proc.terminate()
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=5)
+
+
+def _notice_link(settings: Settings) -> str:
+    """A signed link to the demo merchant's page (the link key is generated into the store)."""
+    from fleetwatch.cli import notice_link
+
+    return asyncio.run(notice_link(settings, DEMO_MERCHANT, days=1, seconds=None))
 
 
 def _interrupt() -> None:

@@ -28,6 +28,7 @@ from fleetwatch.ports import StoreWriter
 log = structlog.get_logger("fleetwatch.pipeline")
 
 CommitListener = Callable[[Sequence[Effect]], None]
+SweepListener = Callable[[float], None]
 
 TERMINALS_PER_WRITE = 5_000
 """Terminal rows per store transaction (about 60 ms of SQLite work here): small enough
@@ -77,6 +78,7 @@ class Pipeline:
         """Terminals whose row an operator action writes in the next flush (TerminalWrite)."""
         self._last_snapshot = 0.0
         self._listeners: list[CommitListener] = []
+        self._sweep_listeners: list[SweepListener] = []
         metrics.ingest_lag.set_function(self._lag)
         # Child counters looked up once: labels() costs more than the increment itself.
         self._received = {kind: metrics.received.labels(type=kind) for kind in MESSAGE_TYPES}
@@ -117,6 +119,10 @@ class Pipeline:
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Called with each committed batch's effects (notifications, metrics)."""
         self._listeners.append(listener)
+
+    def add_sweep_listener(self, listener: SweepListener) -> None:
+        """Called on every sweep, after the engine's tick (terminal notices are published then)."""
+        self._sweep_listeners.append(listener)
 
     def _reject(self, rejection: Rejection, now: float) -> None:
         self._metrics.rejected.labels(reason=rejection.reason).inc()
@@ -264,6 +270,13 @@ class Pipeline:
             self._metrics.processing_errors.inc()
             if self._error_log.should_log("tick")[0]:
                 log.exception("engine tick failed")
+        for listener in self._sweep_listeners:
+            try:
+                listener(now)
+            except Exception:
+                self._metrics.processing_errors.inc()
+                if self._error_log.should_log("sweep-listener")[0]:
+                    log.exception("sweep listener failed")
         if now - self._last_snapshot >= 1.0:
             self.refresh_snapshot(now)
         # Even without traffic, coalesced terminal rows must reach the store.

@@ -8,11 +8,19 @@ pipeline, the engine and the API only ever see these.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, Incident, IncidentEvent, TerminalRecord
+from fleetwatch.core.model import (
+    BatchRecord,
+    DeadLetter,
+    Effect,
+    Incident,
+    IncidentEvent,
+    TerminalNoticeWrite,
+    TerminalRecord,
+)
 from fleetwatch.storage.retention import PurgeKind
 
 MQTT5_CONNACK_REASONS: Final[dict[int, str]] = {
@@ -132,6 +140,15 @@ class StoreRestore(Protocol):
         """(terminal_id, txn_id) of the ``limit`` most recently received txns, oldest first."""
         ...
 
+    async def load_open_upstream_members(self) -> dict[str, list[tuple[str, str | None]]]:
+        """Per open upstream incident, the (terminal_id, merchant_id) it is built on, by terminal_id."""
+        ...
+
+    async def load_terminal_notices(self, *, shown_only: bool = False) -> list[TerminalNoticeWrite]:
+        """What the broker last acknowledged as each terminal's notice, by terminal_id; ``shown_only``:
+        only those that show something (not cleared, not ``items: []``)."""
+        ...
+
 
 class StoreReads(Protocol):
     """The read side the HTTP API serves from committed data (never blocked by the writer)."""
@@ -166,6 +183,14 @@ class StoreReads(Protocol):
         """A merchant's batches by (terminal_id, batch_no, currency), optionally of one business day."""
         ...
 
+    async def merchant_notice_incidents(
+        self, merchant_id: str, resolved_since: float,
+    ) -> tuple[list[Incident], dict[str, set[str]]]:
+        """What a merchant's notices are built from: its open incidents and those resolved since
+        ``resolved_since``, the upstreams built on its terminals, every ancestor of those
+        (parents, ``previous_id``); and per upstream the merchant's terminals it is built on."""
+        ...
+
 
 class Store(StoreWriter, StoreRestore, StoreReads, Protocol):
     """A whole backend: the three interfaces, retention, fencing and its lifecycle."""
@@ -184,6 +209,11 @@ class Store(StoreWriter, StoreRestore, StoreReads, Protocol):
         """The store's size on disk, for ``fleetwatch_store_size_bytes``."""
         ...
 
+    async def secret(self, name: str, candidate: str) -> str:
+        """The generated secret ``name`` (``http.api_token``, ``notice.link_key``): ``candidate``
+        is stored if there is none yet, and the stored one returned (every instance shares it)."""
+        ...
+
     def fence(self, token: int | None) -> None:
         """From now on every write commits only while the lease row still holds ``token``
         (StoreError otherwise, nothing written); None turns the check off. The lease
@@ -192,4 +222,22 @@ class Store(StoreWriter, StoreRestore, StoreReads, Protocol):
 
     async def close(self) -> None:
         """Close every connection (waits for a write in progress); idempotent."""
+        ...
+
+
+class MessagePublisher(Protocol):
+    """Retained QoS 1 publishes through the daemon's own connection (terminal notices).
+
+    ``publish`` never blocks: the message is queued (a newer payload for the same topic
+    replaces one still waiting), sent while connected, sent again after a reconnect if
+    it was in flight, and ``on_acked`` runs once the broker has acknowledged it. An
+    empty payload clears the topic's retained message.
+    """
+
+    def publish(self, topic: str, payload: bytes, *, on_acked: Callable[[], None] | None = None) -> None:
+        ...
+
+    @property
+    def publish_backlog(self) -> int:
+        """Messages queued or waiting for their acknowledgement."""
         ...

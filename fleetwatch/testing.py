@@ -16,7 +16,15 @@ from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, Incident, IncidentEvent, TerminalRecord
+from fleetwatch.core.model import (
+    BatchRecord,
+    DeadLetter,
+    Effect,
+    Incident,
+    IncidentEvent,
+    TerminalNoticeWrite,
+    TerminalRecord,
+)
 from fleetwatch.errors import StoreError
 from fleetwatch.storage import paging
 from fleetwatch.storage.retention import PurgeKind
@@ -24,6 +32,7 @@ from fleetwatch.storage.rows import (
     BATCH_COLUMNS,
     BATCH_ROW_COLUMNS,
     INCIDENT_COLUMNS,
+    SHOWN_NOTICE,
     TXN_COLUMNS,
     PreparedWrite,
     Row,
@@ -33,8 +42,8 @@ from fleetwatch.storage.rows import (
     event_of,
     incident_of,
     prepare,
+    terminal_notice_of,
     terminal_of,
-    without_nul,
 )
 
 __all__ = ["MemoryStore"]
@@ -44,6 +53,7 @@ LEASE_NAME: Final = "active"
 
 _I_ID, _I_KEY, _I_STATUS, _I_OPENED = (INCIDENT_COLUMNS.index(c) for c in ("id", "key", "status", "opened_at"))
 _I_RESOLVED_AT = INCIDENT_COLUMNS.index("resolved_at")
+_I_MERCHANT, _I_PARENT, _I_PREVIOUS = (INCIDENT_COLUMNS.index(c) for c in ("merchant_id", "parent_id", "previous_id"))
 _I_FILTERS = tuple(INCIDENT_COLUMNS.index(c) for c in paging.INCIDENT_FILTERS)
 _B_DONE = BATCH_ROW_COLUMNS.index("done")
 _B_MERCHANT = BATCH_ROW_COLUMNS.index("merchant_id")
@@ -67,6 +77,9 @@ class _Tables:
     settlements: dict[int, Row] = field(default_factory=dict)
     dead_letters: dict[int, Row] = field(default_factory=dict)
     batches: dict[tuple[str, int, str], Row] = field(default_factory=dict)
+    members: dict[tuple[str, str], Row] = field(default_factory=dict)
+    notices: dict[str, Row] = field(default_factory=dict)
+    secrets: dict[str, str] = field(default_factory=dict)
     leases: dict[str, int] = field(default_factory=dict)
 
     def copy(self) -> _Tables:
@@ -123,9 +136,7 @@ class MemoryStore:
                              f"this instance holds {self._fence}")
 
     async def write_prepared(self, prepared: PreparedWrite) -> None:
-        prepared = PreparedWrite(*(without_nul(rows) for rows in (
-            prepared.incidents, prepared.events, prepared.txns, prepared.settlements, prepared.dead_letters,
-            prepared.terminals, prepared.batches)))
+        prepared = prepared.without_nul()
         async with self._lock:
             self._check_open()
             await asyncio.sleep(0)  # a commit is never synchronous: let other tasks run, as a database would
@@ -154,6 +165,10 @@ class MemoryStore:
                 t.terminals[row[0]] = row
             for row in prepared.batches:
                 t.batches[(row[0], row[1], row[2])] = row
+            for row in prepared.upstream_members:
+                t.members.setdefault((row[0], row[1]), row)
+            for row in prepared.terminal_notices:
+                t.notices[row[0]] = row
             self._t = t
             self.writes += 1
 
@@ -189,9 +204,12 @@ class MemoryStore:
                 events = [n for n, r in t.events.items() if r[0] in ids]
                 for n in events:
                     del t.events[n]
+                members = [k for k in t.members if k[0] in ids]
+                for member in members:
+                    del t.members[member]
                 for incident_id in ids:
                     del t.incidents[incident_id]
-                return {"incidents": len(ids), "incident_events": len(events)}
+                return {"incidents": len(ids), "incident_events": len(events), "upstream_terminals": len(members)}
             for k in keys:
                 del table[k]
             return {kind: len(keys)}
@@ -301,3 +319,46 @@ class MemoryStore:
             and (business_date is None or r[_B_DAY] == business_date)
             and (terminal_id is None or key[0] == terminal_id)
         ]
+
+    # ---- merchant notices and generated secrets ----------------------------------------
+
+    async def load_open_upstream_members(self) -> dict[str, list[tuple[str, str | None]]]:
+        self._check_open()
+        out: dict[str, list[tuple[str, str | None]]] = {}
+        for (incident_id, terminal_id), row in sorted(self._t.members.items()):
+            incident = self._t.incidents.get(incident_id)
+            if incident is not None and incident[_I_STATUS] != "resolved":
+                out.setdefault(incident_id, []).append((terminal_id, row[2]))
+        return out
+
+    async def load_terminal_notices(self, *, shown_only: bool = False) -> list[TerminalNoticeWrite]:
+        self._check_open()
+        return [terminal_notice_of(r) for _, r in sorted(self._t.notices.items())
+                if not shown_only or (r[2] is not None and SHOWN_NOTICE not in r[2])]
+
+    async def merchant_notice_incidents(
+        self, merchant_id: str, resolved_since: float,
+    ) -> tuple[list[Incident], dict[str, set[str]]]:
+        self._check_open()
+        t = self._t
+
+        def recent(r: Row) -> bool:
+            return bool(r[_I_STATUS] != "resolved" or r[_I_RESOLVED_AT] >= resolved_since)
+
+        found = {k: r for k, r in t.incidents.items() if r[_I_MERCHANT] == merchant_id and recent(r)}
+        members: dict[str, set[str]] = {}
+        for (incident_id, terminal_id), row in t.members.items():
+            incident = t.incidents.get(incident_id)
+            if row[2] == merchant_id and incident is not None and recent(incident):
+                members.setdefault(incident_id, set()).add(terminal_id)
+        wanted = set(members) - set(found)
+        while wanted:
+            found.update((k, t.incidents[k]) for k in wanted if k in t.incidents)
+            wanted = {ref for r in found.values() for ref in (r[_I_PARENT], r[_I_PREVIOUS])
+                      if ref is not None and ref not in found and ref in t.incidents}
+        return [incident_of(r) for r in found.values()], members
+
+    async def secret(self, name: str, candidate: str) -> str:
+        async with self._lock:
+            self._check_open()
+            return self._t.secrets.setdefault(name, candidate)

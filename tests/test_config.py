@@ -55,10 +55,11 @@ def test_bad_config_is_a_clear_error(tmp_path: Path, text: str, fragment: str) -
 
 
 def test_secrets_are_masked_in_effective_settings() -> None:
-    """Passwords in the MQTT URL and the API token never appear in printed settings."""
+    """Passwords in the MQTT URL, the API token and the link key never appear in printed settings."""
     settings = load_settings(None, {"mqtt": {"url": "mqtt://user:hunter2@broker:1883", "password": "pw2"},
-                                    "http": {"api_token": "tok3n"}})
+                                    "http": {"api_token": "tok3n"}, "notice": {"link_key": "l1nkkey"}})
     text = json.dumps(effective_settings(settings))
+    assert "l1nkkey" not in text
     assert "hunter2" not in text
     assert "pw2" not in text
     assert "tok3n" not in text
@@ -103,3 +104,20 @@ def test_every_url_password_is_masked() -> None:
     shown = effective_settings(settings)
     assert shown["store"]["url"] == "postgresql://fw:**********@db:5432/fleetwatch?sslmode=require&password=**********"
     assert effective_settings(Settings())["store"]["url"] == "sqlite:////var/lib/fleetwatch/fleetwatch.db"
+
+
+def test_notice_and_calendar_settings_are_checked() -> None:
+    """An unknown zone, a public URL without a scheme, a listen address without a port and an
+    unknown language are refused with the setting's name."""
+    for section, values, word in [
+        ("detect", {"timezone": "Mars/Olympus"}, "timezone"),
+        ("detect", {"day_s": 0}, "day_s"),
+        ("notice", {"public_url": "notices.example.cn"}, "public_url"),
+        ("notice", {"listen": "0.0.0.0"}, "listen"),
+        ("notice", {"default_lang": "fr"}, "default_lang"),
+    ]:
+        with pytest.raises(ConfigError, match=word):
+            load_settings(None, {section: values})
+    ok = load_settings(None, {"notice": {"public_url": "https://n.example.cn/", "listen": "[::]:9465"}})
+    assert ok.notice.public_url == "https://n.example.cn"
+    assert ok.notice.host_port == ("::", 9465)

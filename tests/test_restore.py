@@ -32,7 +32,8 @@ async def test_a_restored_engine_knows_what_the_stored_one_knew() -> None:
     await store.write(effects, first.take_dirty_terminals(), first.take_dirty_batches())
 
     second = Engine(CFG, SettlementSettings())
-    open_incidents = await restore_engine(second, store, 3.0, 1000)
+    open_incidents, members = await restore_engine(second, store, 3.0, 1000)
+    assert members == {}
     assert [(i.terminal_id, i.kind, i.cause) for i in open_incidents] == [("T00007", "printer", "no_paper")]
     assert second.incident(open_incidents[0].id) == open_incidents[0]
     for tid in ("T00000", "T00007", "T24999"):

@@ -19,7 +19,7 @@ from datetime import date
 from typing import Annotated, Any, Final, Literal, Protocol
 
 import structlog
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -88,6 +88,24 @@ class Decisions(Protocol):
 
 
 Commit = Callable[[list[Effect]], Awaitable[None]]
+
+
+class Notices(Protocol):
+    """Merchant notices for the ops API (fleetwatch.merchant_notices)."""
+
+    def lang(self, requested: str | None, accept_language: str | None) -> str: ...
+    async def notice_json(self, merchant_id: str, lang: str, now: float) -> dict[str, Any]: ...
+    def link(self, merchant_id: str, now: float, days: float | None) -> tuple[str, int]: ...
+
+
+class NoticeLinkIn(BaseModel):
+    days: float | None = Field(default=None, gt=0, le=3660,
+                               description="How long the link works, in days (of detect.day_s); default 30.")
+
+
+class NoticeLinkOut(BaseModel):
+    url: str
+    expires_at: str
 
 
 class IncidentOut(BaseModel):
@@ -204,6 +222,25 @@ class Reconciliation(BaseModel):
 
 
 _bearer = HTTPBearer(auto_error=False)
+_ID = r"^[A-Za-z0-9.\-]{1,32}$"
+
+
+def _notice_routes(app: FastAPI, auth: list[Any], notices: Notices, clock: Callable[[], float]) -> None:
+    """GET /api/v1/merchants/{id}/notices and POST .../notice-link (CONTRACT §5)."""
+
+    @app.get("/api/v1/merchants/{merchant_id}/notices", dependencies=auth)
+    async def merchant_notices(
+        request: Request, merchant_id: Annotated[str, Path(pattern=_ID)], lang: str | None = None,
+    ) -> dict[str, Any]:
+        chosen = notices.lang(lang, request.headers.get("accept-language"))
+        return await notices.notice_json(merchant_id, chosen, clock())
+
+    @app.post("/api/v1/merchants/{merchant_id}/notice-link", dependencies=auth)
+    async def notice_link(
+        merchant_id: Annotated[str, Path(pattern=_ID)], body: NoticeLinkIn | None = None,
+    ) -> NoticeLinkOut:
+        url, exp = notices.link(merchant_id, clock(), body.days if body is not None else None)
+        return NoticeLinkOut(url=url, expires_at=rfc3339(exp) or "")
 
 
 class BearerToken:
@@ -231,6 +268,7 @@ def build_app(
     commit: Commit,
     not_ready_reason: Callable[[], str | None],
     clock: Callable[[], float],
+    notices: Notices | None = None,
 ) -> FastAPI:
     """The ASGI app; every dependency is passed in so tests can build it around fakes.
 
@@ -361,6 +399,9 @@ def build_app(
             merchant_id=merchant_id, business_date=business_date.isoformat(),
             currencies=[CurrencyDayOut.model_validate(day) for day in reconcile_day(batches)],
         )
+
+    if notices is not None:
+        _notice_routes(app, auth, notices, clock)
 
     @app.api_route("/api/{rest:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], dependencies=auth,
                    include_in_schema=False)

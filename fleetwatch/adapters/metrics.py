@@ -156,6 +156,17 @@ class Metrics:
             "fleetwatch_store_size_bytes", "Size of the store on disk (SQLite files, or the PostgreSQL database).",
             registry=r,
         )
+        self.terminal_notices = Counter(
+            "fleetwatch_terminal_notices_published",
+            "Retained notices published to terminals' screens (one per change of what a screen shows).",
+            registry=r,
+        )
+        self.terminal_notices_acked = Counter(
+            "fleetwatch_terminal_notices_acked", "Terminal notices the broker acknowledged.", registry=r,
+        )
+        self.publish_backlog = Gauge(
+            "fleetwatch_mqtt_publish_backlog", "Own publishes queued or waiting for their PUBACK.", registry=r,
+        )
         self.build_info = Gauge(
             "fleetwatch_build_info", "Always 1; the version label says which build runs.", ["version"], registry=r,
         )

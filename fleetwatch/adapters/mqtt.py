@@ -22,6 +22,13 @@ Why the few overrides of gmqtt below:
 
 The session is persistent (clean start off, a session expiry), so QoS 1 messages
 published while the daemon is away are queued by the broker and delivered afterwards.
+
+**Publishing** (the terminals' retained notices, CONTRACT §5) goes through the same
+connection: :meth:`GmqttSource.publish` queues a retained QoS 1 message, at most
+``mqtt.publish_max_inflight`` wait for their PUBACK at once, a newer payload for a topic
+replaces an older one still queued (a screen only needs its latest state), and whatever
+was in flight when the connection dropped is sent again after the reconnect. The
+``on_acked`` callback runs once the broker has the message.
 """
 
 from __future__ import annotations
@@ -30,21 +37,25 @@ import asyncio
 import contextlib
 import random
 import ssl
+import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import structlog
-from gmqtt import Client, Subscription
+from gmqtt import Client, Message, Subscription
 from gmqtt.mqtt.constants import MQTTv50
 from gmqtt.mqtt.handler import MQTTConnectError
 
 from fleetwatch.config import MqttSettings
 from fleetwatch.credentials import mqtt_tls_context
+from fleetwatch.logs import RateLimitedLog
 from fleetwatch.ports import MQTT5_CONNACK_REASONS, ConnectFailure, MessageSink
 
 log = structlog.get_logger("fleetwatch.mqtt")
+
+Acked = Callable[[], None]
 
 TOPIC_SUFFIXES = ("term/+/heartbeat", "term/+/txn", "term/+/batch", "term/+/state", "host/settlement")
 
@@ -121,6 +132,58 @@ def broker_address(settings: MqttSettings) -> BrokerAddress:
     )
 
 
+@dataclass(slots=True)
+class Outbox:
+    """Outgoing retained QoS 1 messages: newest payload per topic, a bounded in-flight window.
+
+    One message per topic is in flight at a time, so a topic's messages reach the broker
+    in order; a newer payload queued meanwhile is sent after the PUBACK of the older.
+    """
+
+    limit: int
+    queued: dict[str, tuple[bytes, Acked | None]] = field(default_factory=dict)
+    inflight: dict[int, tuple[str, bytes, Acked | None]] = field(default_factory=dict)
+    busy: set[str] = field(default_factory=set)
+
+    def put(self, topic: str, payload: bytes, on_acked: Acked | None) -> None:
+        self.queued.pop(topic, None)  # the newest goes to the back of the line
+        self.queued[topic] = (payload, on_acked)
+
+    def sendable(self) -> list[tuple[str, bytes, Acked | None]]:
+        """Take what may be sent now (room in the window, topic not in flight)."""
+        room = self.limit - len(self.inflight)
+        if room <= 0 or not self.queued:
+            return []
+        picked: list[str] = []
+        for topic in self.queued:  # stops after `room` picks: at most room + len(busy) looked at
+            if topic not in self.busy:
+                picked.append(topic)
+                if len(picked) >= room:
+                    break
+        return [(topic, *self.queued.pop(topic)) for topic in picked]
+
+    def sent(self, mid: int, topic: str, payload: bytes, on_acked: Acked | None) -> None:
+        self.inflight[mid] = (topic, payload, on_acked)
+        self.busy.add(topic)
+
+    def acked(self, mid: int) -> tuple[str, bytes, Acked | None] | None:
+        found = self.inflight.pop(mid, None)
+        if found is not None:
+            self.busy.discard(found[0])
+        return found
+
+    def requeue(self) -> None:
+        """The connection dropped: what was in flight goes back, unless something newer is queued."""
+        for topic, payload, on_acked in self.inflight.values():
+            if topic not in self.queued:
+                self.queued[topic] = (payload, on_acked)
+        self.inflight.clear()
+        self.busy.clear()
+
+    def __len__(self) -> int:
+        return len(self.queued) + len(self.inflight)
+
+
 class _ManualReconnectClient(Client):  # type: ignore[misc]  # gmqtt ships no type hints
     """gmqtt Client whose built-in reconnect is disabled: GmqttSource owns that loop."""
 
@@ -153,6 +216,8 @@ class GmqttSource:
         self._lost = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._sink: MessageSink | None = None
+        self._outbox = Outbox(settings.publish_max_inflight)
+        self._refused_log = RateLimitedLog(60.0)
 
     @property
     def connected(self) -> bool:
@@ -185,13 +250,62 @@ class GmqttSource:
                 log.info("mqtt connected after failed attempts", attempts=attempt, last_reason=self._failure.reason)
             attempt, self._failure = 0, None
             self._set_connected(True)
+            self._drain()
             await self._wait_lost_or_stop()
             self._set_connected(False)
+            self._outbox.requeue()
             if not self._stopping.is_set():
                 log.warning("mqtt connection lost, reconnecting")
                 attempt = 1
                 await self._drop_client()
                 await self._sleep_or_stop(backoff_delay(attempt, self._settings.reconnect_max_s))
+
+    # ---- publishing (MessagePublisher) ----------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, *, on_acked: Acked | None = None) -> None:
+        """Queue a retained QoS 1 message (b"" clears the retained one); sent when connected."""
+        self._outbox.put(topic, payload, on_acked)
+        self._drain()
+
+    @property
+    def publish_backlog(self) -> int:
+        """Messages queued or in flight."""
+        return len(self._outbox)
+
+    def _drain(self) -> None:
+        client = self._client
+        if client is None or not self._connected:
+            return
+        for topic, payload, on_acked in self._outbox.sendable():
+            try:
+                mid, _ = client._connection.publish(Message(topic, payload, qos=1, retain=True))
+            except Exception:  # the transport is closing: send again after the reconnect
+                self._outbox.put(topic, payload, on_acked)
+                return
+            self._outbox.sent(mid, topic, payload, on_acked)
+
+    def _puback_handler(self, client: Any) -> Callable[[int, bytes], None]:
+        handler = client._package_handler
+        original = handler._handle_puback_packet
+
+        def handle(cmd: int, packet: bytes) -> None:
+            original(cmd, packet)
+            if client is not self._client or len(packet) < 2:
+                return
+            (mid,) = struct.unpack("!H", packet[:2])
+            reason = packet[2] if len(packet) > 2 else 0
+            done = self._outbox.acked(mid)
+            if done is not None:
+                topic, _, on_acked = done
+                if reason >= 0x80:
+                    # Refused (0x87: the ACL does not let us write it): retrying cannot help.
+                    if self._refused_log.should_log("puback")[0]:
+                        log.error("broker refused a notice publish", topic=topic, reason_code=hex(reason))
+                elif on_acked is not None:
+                    on_acked()
+            self._drain()
+
+        return handle
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -219,6 +333,7 @@ class GmqttSource:
         client.on_subscribe = self._on_subscribe
         # QoS 1 deliveries go through our handler: ack from the commit future, no task.
         client._package_handler._handle_qos_1_publish_packet = self._qos1_handler(client)
+        client._package_handler._handle_puback_packet = self._puback_handler(client)
         if self._address.username is not None:
             client.set_auth_credentials(self._address.username, self._address.password)
         self._client = client

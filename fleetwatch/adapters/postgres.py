@@ -32,7 +32,15 @@ from typing import Any, Final
 import asyncpg
 
 from fleetwatch.config import mask_url
-from fleetwatch.core.model import BatchRecord, DeadLetter, Effect, Incident, IncidentEvent, TerminalRecord
+from fleetwatch.core.model import (
+    BatchRecord,
+    DeadLetter,
+    Effect,
+    Incident,
+    IncidentEvent,
+    TerminalNoticeWrite,
+    TerminalRecord,
+)
 from fleetwatch.errors import StoreError
 from fleetwatch.storage import paging
 from fleetwatch.storage.migrations import SCHEMA_VERSION_DDL, migrations, pending
@@ -42,7 +50,9 @@ from fleetwatch.storage.rows import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
     INCIDENT_COLUMNS,
+    SHOWN_NOTICE,
     TERMINAL_COLUMNS,
+    TERMINAL_NOTICE_COLUMNS,
     WRITE_ORDER,
     OnConflict,
     PreparedWrite,
@@ -54,6 +64,7 @@ from fleetwatch.storage.rows import (
     event_of,
     incident_of,
     prepare,
+    terminal_notice_of,
     terminal_of,
     without_nul,
 )
@@ -327,10 +338,13 @@ class PostgresStore:
                     return {kind: _command_count(await conn.execute(_PURGE_SQL[kind], before, limit))}
                 ids = [r[0] for r in await conn.fetch(_EXPIRED_INCIDENTS, before, limit)]
                 if not ids:
-                    return {"incidents": 0, "incident_events": 0}
+                    return {"incidents": 0, "incident_events": 0, "upstream_terminals": 0}
                 events = await conn.execute("DELETE FROM incident_events WHERE incident_id = ANY($1::text[])", ids)
+                members = await conn.execute("DELETE FROM upstream_terminals WHERE incident_id = ANY($1::text[])",
+                                             ids)
                 incidents = await conn.execute("DELETE FROM incidents WHERE id = ANY($1::text[])", ids)
-                return {"incidents": _command_count(incidents), "incident_events": _command_count(events)}
+                return {"incidents": _command_count(incidents), "incident_events": _command_count(events),
+                        "upstream_terminals": _command_count(members)}
 
     async def size_bytes(self) -> int:
         """The database's size as PostgreSQL counts it (tables, indexes, TOAST)."""
@@ -488,6 +502,73 @@ class PostgresStore:
             *params,
         )
         return [batch_of(r) for r in rows]
+
+
+    # ---- merchant notices and generated secrets (migration 0002) -------------------------
+
+    async def load_open_upstream_members(self) -> dict[str, list[tuple[str, str | None]]]:
+        rows = await self._fetch(
+            "SELECT u.incident_id, u.terminal_id, u.merchant_id FROM upstream_terminals u "
+            "JOIN incidents i ON i.id = u.incident_id WHERE i.status <> 'resolved' "
+            "ORDER BY u.incident_id, u.terminal_id"
+        )
+        out: dict[str, list[tuple[str, str | None]]] = {}
+        for incident_id, terminal_id, merchant_id in rows:
+            out.setdefault(incident_id, []).append((terminal_id, merchant_id))
+        return out
+
+    async def load_terminal_notices(self, *, shown_only: bool = False) -> list[TerminalNoticeWrite]:
+        where, params = ((" WHERE payload IS NOT NULL AND strpos(payload, $1) = 0", (SHOWN_NOTICE,))
+                         if shown_only else ("", ()))
+        rows = await self._fetch(
+            f"SELECT {_cols(TERMINAL_NOTICE_COLUMNS)} FROM terminal_notices{where} ORDER BY terminal_id", *params
+        )
+        return [terminal_notice_of(r) for r in rows]
+
+    async def merchant_notice_incidents(
+        self, merchant_id: str, resolved_since: float,
+    ) -> tuple[list[Incident], dict[str, set[str]]]:
+        """As :meth:`SqliteStore.merchant_notice_incidents`: incidents, ancestors and upstream members."""
+        rows = await self._fetch(
+            f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE merchant_id = $1 "
+            "AND (status <> 'resolved' OR resolved_at >= $2)", merchant_id, resolved_since,
+        )
+        found = {i.id: i for i in map(incident_of, rows)}
+        member_rows = await self._fetch(
+            "SELECT u.incident_id, u.terminal_id FROM upstream_terminals u JOIN incidents i "
+            "ON i.id = u.incident_id WHERE u.merchant_id = $1 AND (i.status <> 'resolved' OR i.resolved_at >= $2)",
+            merchant_id, resolved_since,
+        )
+        members: dict[str, set[str]] = {}
+        for incident_id, terminal_id in member_rows:
+            members.setdefault(incident_id, set()).add(terminal_id)
+        wanted = set(members) - set(found)
+        for _ in range(8):  # ancestors: terminal -> merchant -> group -> fleet, and previous_id
+            if not wanted:
+                break
+            rows = await self._fetch(
+                f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE id = ANY($1::text[])", sorted(wanted)
+            )
+            for inc in map(incident_of, rows):
+                found[inc.id] = inc
+            wanted = {
+                ref for inc in found.values() for ref in (inc.parent_id, inc.previous_id)
+                if ref is not None and ref not in found
+            }
+        return list(found.values()), members
+
+    async def secret(self, name: str, candidate: str) -> str:
+        """The stored secret ``name``; stores ``candidate`` first if there is none (shared by all instances)."""
+        async with self._write_lock:
+            self._check_open()
+            with _translated("store write", self._where):
+                async with _transaction(self._writer):
+                    await self._writer.execute(
+                        "INSERT INTO secrets (name, value, created_at) VALUES ($1, $2, $3) "
+                        "ON CONFLICT (name) DO NOTHING", name, candidate, time.time(),
+                    )
+                    value = await self._writer.fetchval("SELECT value FROM secrets WHERE name = $1", name)
+        return str(value)
 
 
 def _where(terms: Sequence[str]) -> str:

@@ -45,6 +45,7 @@ from fleetwatch.core.model import (
     Effect,
     Incident,
     IncidentEvent,
+    TerminalNoticeWrite,
     TerminalRecord,
 )
 from fleetwatch.errors import StoreError
@@ -56,7 +57,9 @@ from fleetwatch.storage.rows import (
     DEAD_LETTER_COLUMNS,
     EVENT_COLUMNS,
     INCIDENT_COLUMNS,
+    SHOWN_NOTICE,
     TERMINAL_COLUMNS,
+    TERMINAL_NOTICE_COLUMNS,
     OnConflict,
     PreparedWrite,
     Row,
@@ -67,11 +70,12 @@ from fleetwatch.storage.rows import (
     event_of,
     incident_of,
     prepare,
+    terminal_notice_of,
     terminal_of,
     without_nul,
 )
 
-__all__ = ["SqliteStore"]
+__all__ = ["SqliteStore", "stored_secret"]
 
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a statement waits for a lock (a checkpoint, a second process) before failing."""
@@ -212,6 +216,23 @@ def _prepare_location(path: str) -> str:
     file = Path(path)
     file.parent.mkdir(parents=True, exist_ok=True)
     return file.resolve().as_uri() + "?mode=ro"
+
+
+def stored_secret(path: str, name: str) -> str | None:
+    """A generated secret read straight from the file, without opening the store (a running
+    daemon holds it): None while the database, its ``secrets`` table or the secret is not there."""
+    file = Path(path)
+    if not file.is_file():
+        return None
+    try:
+        conn = sqlite3.connect(file.resolve().as_uri() + "?mode=ro", uri=True)
+        try:
+            row = conn.execute("SELECT value FROM secrets WHERE name = ?", (name,)).fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return None  # an older schema without the table: the daemon creates it at its next start
+    return None if row is None else str(row[0])
 
 
 def _lock_instance(path: str) -> Any:
@@ -420,12 +441,15 @@ class SqliteStore:
         conn = self._writer
         ids = [r[0] for r in await conn.execute_fetchall(_EXPIRED_INCIDENTS, (before, limit))]
         if not ids:
-            return {"incidents": 0, "incident_events": 0}
+            return {"incidents": 0, "incident_events": 0, "upstream_terminals": 0}
         param = (json.dumps(ids),)
         events = await conn.execute(
             "DELETE FROM incident_events WHERE incident_id IN (SELECT value FROM json_each(?))", param)
+        members = await conn.execute(
+            "DELETE FROM upstream_terminals WHERE incident_id IN (SELECT value FROM json_each(?))", param)
         incidents = await conn.execute("DELETE FROM incidents WHERE id IN (SELECT value FROM json_each(?))", param)
-        return {"incidents": max(incidents.rowcount, 0), "incident_events": max(events.rowcount, 0)}
+        return {"incidents": max(incidents.rowcount, 0), "incident_events": max(events.rowcount, 0),
+                "upstream_terminals": max(members.rowcount, 0)}
 
     async def size_bytes(self) -> int:
         """The database file plus its write-ahead log."""
@@ -611,6 +635,88 @@ class SqliteStore:
             params,
         )
         return [batch_of(r) for r in rows]
+
+
+    # ---- merchant notices and generated secrets (migration 0002) -------------------------
+
+    async def load_open_upstream_members(self) -> dict[str, list[tuple[str, str | None]]]:
+        """(terminal_id, merchant_id) each open upstream incident is built on (for the restore)."""
+        rows = await self._fetchall(
+            "SELECT u.incident_id, u.terminal_id, u.merchant_id FROM upstream_terminals u "
+            "JOIN incidents i ON i.id = u.incident_id WHERE i.status <> 'resolved' "
+            "ORDER BY u.incident_id, u.terminal_id"
+        )
+        out: dict[str, list[tuple[str, str | None]]] = {}
+        for incident_id, terminal_id, merchant_id in rows:
+            out.setdefault(incident_id, []).append((terminal_id, merchant_id))
+        return out
+
+    async def load_terminal_notices(self, *, shown_only: bool = False) -> list[TerminalNoticeWrite]:
+        """What the broker last acknowledged per terminal (payload None: cleared), by terminal_id.
+
+        ``shown_only``: only screens with something on them (a screen given ``items: []``
+        looks like one never given anything), so a restart does not load a row for every
+        terminal that ever had a notice.
+        """
+        where, params = ((" WHERE payload IS NOT NULL AND instr(payload, ?) = 0", (SHOWN_NOTICE,))
+                         if shown_only else ("", ()))
+        rows = await self._fetchall(
+            f"SELECT {_cols(TERMINAL_NOTICE_COLUMNS)} FROM terminal_notices{where} ORDER BY terminal_id", params
+        )
+        return [terminal_notice_of(r) for r in rows]
+
+    async def merchant_notice_incidents(
+        self, merchant_id: str, resolved_since: float,
+    ) -> tuple[list[Incident], dict[str, set[str]]]:
+        """What a merchant's notices are built from: incidents and upstream members.
+
+        The merchant's open incidents and those resolved since ``resolved_since``, the
+        upstreams built on its terminals, every ancestor of those (parents and the
+        ``previous_id`` chain); and per upstream the merchant's terminals it is built on.
+        """
+        recent = "(status <> 'resolved' OR resolved_at >= ?)"
+        rows = await self._fetchall(
+            f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE merchant_id = ? AND {recent}",
+            (merchant_id, resolved_since),
+        )
+        found = {i.id: i for i in map(incident_of, rows)}
+        member_rows = await self._fetchall(
+            "SELECT u.incident_id, u.terminal_id FROM upstream_terminals u JOIN incidents i "
+            "ON i.id = u.incident_id WHERE u.merchant_id = ? AND (i.status <> 'resolved' OR i.resolved_at >= ?)",
+            (merchant_id, resolved_since),
+        )
+        members: dict[str, set[str]] = {}
+        for incident_id, terminal_id in member_rows:
+            members.setdefault(incident_id, set()).add(terminal_id)
+        wanted = set(members) - set(found)
+        for _ in range(8):  # ancestors: terminal -> merchant -> group -> fleet, and previous_id
+            if not wanted:
+                break
+            rows = await self._fetchall(
+                f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(wanted)),),
+            )
+            for inc in map(incident_of, rows):
+                found[inc.id] = inc
+            wanted = {
+                ref for inc in found.values() for ref in (inc.parent_id, inc.previous_id)
+                if ref is not None and ref not in found
+            }
+        return list(found.values()), members
+
+    async def secret(self, name: str, candidate: str) -> str:
+        """The stored secret ``name``; stores ``candidate`` first if there is none (shared by all instances)."""
+        async with self._write_lock:
+            self._check_open()
+            try:
+                await self._writer.execute(
+                    "INSERT INTO secrets (name, value, created_at) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+                    (name, candidate, time.time()),
+                )
+                rows = await self._writer.execute_fetchall("SELECT value FROM secrets WHERE name = ?", (name,))
+            except sqlite3.Error as exc:
+                raise StoreError(f"store write failed on {self._path}: {exc}") from exc
+        return str(next(iter(rows))[0])
 
 
 def _where(terms: Sequence[str]) -> str:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import heapq
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from fleetwatch.config import DetectSettings, SettlementSettings
 from fleetwatch.core.attribution import HOST_SIDE, Attributor
@@ -46,6 +46,7 @@ from fleetwatch.core.model import (
     TerminalRecord,
     TerminalWrite,
     TxnWrite,
+    UpstreamMembersWrite,
 )
 from fleetwatch.core.rates import FleetRates
 from fleetwatch.core.rules import (
@@ -120,8 +121,10 @@ class Engine:
     def restore(
         self, terminals: Iterable[TerminalRecord], incidents: Iterable[Incident],
         batches: Iterable[BatchRecord], recent_txn_keys: Iterable[tuple[str, str]], now: float,
+        *, upstream_members: Mapping[str, Iterable[tuple[str, str | None]]] | None = None,
     ) -> None:
-        """Resume from the store: terminals, open incidents, open batches, recent txn ids."""
+        """Resume from the store: terminals, open incidents, open batches, recent txn ids,
+        and the terminals each open upstream is built on."""
         self._started_at = now
         self._judge_from = now + self._offline_after
         online_groups: Counter[tuple[str, ...]] = Counter()
@@ -146,6 +149,9 @@ class Engine:
                     if inc.kind == "power":
                         st.batt_fired |= 3 if inc.cause == "battery_critical" else 1
         self._corr.restore(self._book.open_incidents())
+        for incident_id, rows in (upstream_members or {}).items():
+            self._corr.upstreams.restore_members(incident_id, (tid for tid, _ in rows))
+        self._corr.upstreams.take_fresh()  # restored: nothing new for the store
         self._settle.restore(batches, now)
         self._settle.adopt_open_keys(gap_keys, now)
         for key in recent_txn_keys:
@@ -460,6 +466,7 @@ class Engine:
         out.extend(self._book.tick(now))
         out.extend(self._corr.tick(now))
         out.extend(self._corr.judge_merchants(self._book.take_touched(), now))
+        out.extend(self._member_writes(now))
         for tid in [t for t, until in self._maint.items() if until <= now]:
             del self._maint[tid]
         return out
@@ -473,7 +480,19 @@ class Engine:
             parent = corr.parent_for_new(sig) if isinstance(sig, Finding) else None
             out.extend(book.apply(sig, parent=parent))
         out.extend(corr.judge_merchants(book.take_touched(), now))
+        out.extend(self._member_writes(now))
         return out
+
+    def _member_writes(self, now: float) -> list[Effect]:
+        """The terminals the open upstreams newly counted, with their merchants, for the store."""
+        fresh = self._corr.upstreams.take_fresh()
+        if not fresh:
+            return []
+        rows: dict[str, list[tuple[str, str | None]]] = {}
+        for incident_id, tid in fresh:
+            st = self._terms.get(tid)
+            rows.setdefault(incident_id, []).append((tid, None if st is None else st.merchant_id))
+        return [UpstreamMembersWrite(iid, tuple(r), now) for iid, r in rows.items()]
 
     # ---- operator actions -----------------------------------------------------------------
 
@@ -540,6 +559,10 @@ class Engine:
     def incident(self, incident_id: str) -> Incident | None:
         """An open incident (resolved ones live in the store)."""
         return self._book.get(incident_id)
+
+    def open_incidents(self) -> list[Incident]:
+        """Every open incident (a restart's starting point for the terminal screens)."""
+        return list(self._book.open_incidents())
 
     def upstream_terminals(self, incident_id: str) -> frozenset[str]:
         """The terminals an open upstream (fleet or group host_outage) incident is built on:

@@ -344,4 +344,29 @@ class TerminalWrite:
     record: TerminalRecord
 
 
-Effect = IncidentWrite | DeadLetter | TxnWrite | SettlementWrite | TerminalWrite
+@dataclass(frozen=True, slots=True)
+class UpstreamMembersWrite:
+    """Terminals newly counted among those an open upstream incident is built on.
+
+    ``members`` are (terminal_id, merchant_id) pairs; the store keeps them so the
+    merchant page finds every shop an upstream affects, also shops whose terminals only
+    got host response codes and have no incident of their own.
+    """
+
+    incident_id: str
+    members: tuple[tuple[str, str | None], ...]
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalNoticeWrite:
+    """What the broker acknowledged as a terminal's retained notice (None: cleared)."""
+
+    terminal_id: str
+    merchant_id: str | None
+    payload: str | None
+    at: float
+
+
+Effect = (IncidentWrite | DeadLetter | TxnWrite | SettlementWrite | TerminalWrite | UpstreamMembersWrite
+          | TerminalNoticeWrite)

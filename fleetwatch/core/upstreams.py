@@ -7,7 +7,8 @@ with, its peak and quiet period (for resolving it), and **the terminals whose fa
 it is built on** — every terminal in its scope whose failures of its cause were counted
 while it was open, including terminals that only got host response codes (rc 91/96)
 and have no incident of their own. Their shops are affected too: merchant notices read
-that set through :meth:`Upstreams.terminals_of`.
+that set through :meth:`Upstreams.terminals_of`, and the store keeps it: each terminal
+newly counted is handed out once by :meth:`Upstreams.take_fresh`.
 
 The correlator opens, feeds and drops records; readers use the small query API.
 """
@@ -44,11 +45,13 @@ class Upstream:
 class Upstreams:
     """The open upstream records, by correlation label and by incident id."""
 
-    __slots__ = ("_by_id", "_by_label")
+    __slots__ = ("_by_id", "_by_label", "_fresh")
 
     def __init__(self) -> None:
         self._by_label: dict[str, Upstream] = {}
         self._by_id: dict[str, Upstream] = {}
+        self._fresh: list[tuple[str, str]] = []
+        """(incident id, terminal id) counted since the last take_fresh()."""
 
     # ---- reading -----------------------------------------------------------------------
 
@@ -84,6 +87,7 @@ class Upstreams:
             self._by_id.pop(old.incident_id, None)
         self._by_label[up.label] = up
         self._by_id[up.incident_id] = up
+        self._fresh.extend((up.incident_id, tid) for tid in up.members)
         return up
 
     def drop(self, up: Upstream) -> None:
@@ -106,9 +110,22 @@ class Upstreams:
         for label in labels:
             up = self._by_label.get(label)
             if up is not None and up.cause == cause:
-                up.members.add(terminal_id)
+                if terminal_id not in up.members:
+                    up.members.add(terminal_id)
+                    self._fresh.append((up.incident_id, terminal_id))
                 if cause == OFFLINE_WAVE:
                     up.still_offline.add(terminal_id)
+
+    def restore_members(self, incident_id: str, terminal_ids: Iterable[str]) -> None:
+        """The stored members of a restored upstream (they are not fresh)."""
+        up = self._by_id.get(incident_id)
+        if up is not None:
+            up.members.update(terminal_ids)
+
+    def take_fresh(self) -> list[tuple[str, str]]:
+        """The (incident id, terminal id) pairs counted since the last call."""
+        fresh, self._fresh = self._fresh, []
+        return fresh
 
     def saw_back(self, terminal_id: str) -> None:
         """A terminal spoke again: it no longer holds an offline wave open."""

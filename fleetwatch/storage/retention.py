@@ -5,7 +5,8 @@ compresses retention too) these go, measured on the daemon's clock:
 
 - transactions and settlements received before the cut-off, **except** those of a batch
   still being reconciled (not ``done``): the money under watch keeps its evidence;
-- resolved incidents resolved before the cut-off, with their events;
+- resolved incidents resolved before the cut-off, with their events and the terminals
+  an upstream one was built on (merchant notices);
 - dead letters received before the cut-off (on top of the ``dead_letters_kept`` cap);
 - batches that are done (settled, or owing nothing) whose last news (settlement, else
   close, else last transaction) is older than the cut-off. A batch not yet done is kept
@@ -26,7 +27,8 @@ PurgeKind = Literal["transactions", "settlements", "incidents", "dead_letters", 
 PURGE_ORDER: Final[tuple[PurgeKind, ...]] = ("transactions", "settlements", "incidents", "dead_letters", "batches")
 """What one retention pass deletes, in order (transactions before the batches they belong to)."""
 
-DELETED_TABLES: Final = ("transactions", "settlements", "incidents", "incident_events", "dead_letters", "batches")
+DELETED_TABLES: Final = ("transactions", "settlements", "incidents", "incident_events", "upstream_terminals",
+                         "dead_letters", "batches")
 """Every table retention deletes from: the ``table`` label of ``fleetwatch_store_rows_deleted_total``."""
 
 

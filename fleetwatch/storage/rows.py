@@ -33,10 +33,12 @@ from fleetwatch.core.model import (
     IncidentEvent,
     IncidentWrite,
     SettlementWrite,
+    TerminalNoticeWrite,
     TerminalRecord,
     TerminalWrite,
     TxnRecord,
     TxnWrite,
+    UpstreamMembersWrite,
     group_json,
 )
 
@@ -57,6 +59,8 @@ INCIDENT_COLUMNS: Final = tuple(_INCIDENT_RENAMES.get(n, n) for n in INCIDENT_FI
 SETTLEMENT_COLUMNS: Final = _names(SettlementWrite)
 EVENT_COLUMNS: Final = ("incident_id", "at", "type", "detail_json")
 DEAD_LETTER_COLUMNS: Final = ("topic", "reason", "detail", "received_at", "payload_excerpt")
+UPSTREAM_MEMBER_COLUMNS: Final = ("incident_id", "terminal_id", "merchant_id", "added_at")
+TERMINAL_NOTICE_COLUMNS: Final = ("terminal_id", "merchant_id", "payload", "published_at")
 
 _terminal_values = attrgetter(*TERMINAL_COLUMNS)
 _txn_values = attrgetter(*TXN_COLUMNS)
@@ -104,8 +108,14 @@ SETTLEMENTS: Final = Table("settlements", SETTLEMENT_COLUMNS)
 DEAD_LETTERS: Final = Table("dead_letters", DEAD_LETTER_COLUMNS)
 TERMINALS: Final = Table("terminals", TERMINAL_COLUMNS, ("terminal_id",), OnConflict.UPDATE)
 BATCHES: Final = Table("batches", BATCH_ROW_COLUMNS, ("terminal_id", "batch_no", "currency"), OnConflict.UPDATE)
+UPSTREAM_TERMINALS: Final = Table("upstream_terminals", UPSTREAM_MEMBER_COLUMNS, ("incident_id", "terminal_id"),
+                                  OnConflict.IGNORE)
+"""The terminals an upstream incident is built on (merchant notices): a member is added once."""
+TERMINAL_NOTICES: Final = Table("terminal_notices", TERMINAL_NOTICE_COLUMNS, ("terminal_id",), OnConflict.UPDATE)
+"""What the broker last acknowledged as each terminal's retained notice."""
 
-WRITE_ORDER: Final = (INCIDENTS, INCIDENT_EVENTS, TRANSACTIONS, SETTLEMENTS, DEAD_LETTERS, TERMINALS, BATCHES)
+WRITE_ORDER: Final = (INCIDENTS, INCIDENT_EVENTS, TRANSACTIONS, SETTLEMENTS, DEAD_LETTERS, TERMINALS, BATCHES,
+                      UPSTREAM_TERMINALS, TERMINAL_NOTICES)
 """Every table a write touches, in the order its rows are applied (events after incidents)."""
 
 
@@ -208,6 +218,8 @@ class PreparedWrite:
     dead_letters: list[Row] = field(default_factory=list)
     terminals: list[Row] = field(default_factory=list)
     batches: list[Row] = field(default_factory=list)
+    upstream_members: list[Row] = field(default_factory=list)
+    terminal_notices: list[Row] = field(default_factory=list)
 
     def add(
         self,
@@ -228,6 +240,12 @@ class PreparedWrite:
                 self.dead_letters.append(dead_letter_row(effect))
             elif isinstance(effect, TerminalWrite):
                 self.terminals.append(_terminal_values(effect.record))
+            elif isinstance(effect, UpstreamMembersWrite):
+                self.upstream_members.extend(
+                    (effect.incident_id, tid, mid, effect.at) for tid, mid in effect.members
+                )
+            elif isinstance(effect, TerminalNoticeWrite):
+                self.terminal_notices.append((effect.terminal_id, effect.merchant_id, effect.payload, effect.at))
             else:
                 assert_never(effect)
         self.terminals.extend(map(_terminal_values, terminals))
@@ -241,7 +259,11 @@ class PreparedWrite:
 
     def _by_table(self) -> tuple[list[Row], ...]:
         return (self.incidents, self.events, self.txns, self.settlements, self.dead_letters,
-                self.terminals, self.batches)
+                self.terminals, self.batches, self.upstream_members, self.terminal_notices)
+
+    def without_nul(self) -> PreparedWrite:
+        """The same rows with U+0000 replaced (:func:`without_nul`)."""
+        return PreparedWrite(*map(without_nul, self._by_table()))
 
     def tables(self) -> list[tuple[Table, list[Row]]]:
         """(table, rows) in the order they must be applied, empty tables left out; upserted
@@ -339,3 +361,11 @@ def txn_of(row: Sequence[Any]) -> TxnRecord:
 
 def settlement_of(row: Sequence[Any]) -> SettlementWrite:
     return SettlementWrite(*row)
+
+
+def terminal_notice_of(row: Sequence[Any]) -> TerminalNoticeWrite:
+    return TerminalNoticeWrite(*row)
+
+
+SHOWN_NOTICE: Final = '"items":[]'
+"""A stored terminal notice whose payload holds this shows nothing (``load_terminal_notices(shown_only=True)``)."""

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from fleetwatch.adapters.sqlite import SqliteStore
+from fleetwatch.adapters.sqlite import SqliteStore, stored_secret
 from fleetwatch.errors import StoreError
 from fleetwatch.storage.migrations import migrations
 from tests.store.builders import dead_letter
@@ -102,3 +102,17 @@ async def test_store_locked_by_another_process_is_store_error(store: SqliteStore
                 await store.write([dead_letter(1)])
         finally:
             blocker.execute("ROLLBACK")
+
+
+async def test_a_generated_secret_can_be_read_beside_a_running_daemon(db_path: Path) -> None:
+    """`fleetwatch notice-link` reads the link key from the file while a store (a running daemon)
+    holds its lock; nothing while the database, the table or the secret is not there."""
+    assert stored_secret(str(db_path), "notice.link_key") is None
+    store = await SqliteStore.open(str(db_path))
+    try:
+        assert stored_secret(str(db_path), "notice.link_key") is None
+        assert await store.secret("notice.link_key", "aaa") == "aaa"
+        assert stored_secret(str(db_path), "notice.link_key") == "aaa"
+        assert stored_secret(str(db_path), "http.api_token") is None
+    finally:
+        await store.close()

@@ -222,20 +222,60 @@ def test_acquirer_host_writes_settlement_only(connect: Connect) -> None:
     assert [t for t, _ in daemon.messages] == ["fleet/v1/host/settlement"]
 
 
-def test_terminals_read_nothing_and_daemon_writes_nothing(connect: Connect) -> None:
-    """A terminal that subscribes to the whole fleet receives nothing of another
-    terminal's transactions (Mosquitto grants a wildcard subscription and filters each
-    delivery by the read ACL); the daemon's account cannot publish as a terminal."""
+def test_terminal_writes_only_its_four_topics(connect: Connect) -> None:
+    """T1 may publish its heartbeat, txn, batch and state, but not a notice (not even its own),
+    nor anything else under its id."""
     daemon = _subscriber(connect, "fleetwatch")
+    t1 = connect("T1")
+    for suffix in ("notice", "debug", "heartbeat/extra"):
+        assert t1.publish(f"fleet/v1/term/T1/{suffix}", b"{}").value == NOT_AUTHORIZED, suffix
+    for suffix in ("heartbeat", "txn", "batch", "state"):
+        assert t1.publish(f"fleet/v1/term/T1/{suffix}", b'{"v":1}').value == 0, suffix
+    daemon.wait_message("fleet/v1/term/T1/state")
+    assert [t for t, _ in daemon.messages] == [f"fleet/v1/term/T1/{s}" for s in ("heartbeat", "txn", "batch", "state")]
+
+
+def test_daemon_writes_notices_and_each_terminal_reads_only_its_own(connect: Connect) -> None:
+    """The daemon may publish every terminal's notice (and nothing as a terminal); a terminal
+    subscribed to the whole fleet receives its own notice and nothing else: not another
+    terminal's notice, not another terminal's transactions (Mosquitto grants a wildcard
+    subscription and filters each delivery by the read ACL)."""
+    daemon = _subscriber(connect, "fleetwatch")
+    t1 = connect("T1")
+    t1.client.subscribe("fleet/v1/#", qos=1)
+    assert t1.subscribed.wait(TIMEOUT)
     snoop = connect("T2")
     snoop.client.subscribe("fleet/v1/#", qos=1)
     assert snoop.subscribed.wait(TIMEOUT)
-    assert daemon.publish("fleet/v1/term/T1/heartbeat", b"{}").value == NOT_AUTHORIZED
 
-    t1 = connect("T1")
+    assert daemon.publish("fleet/v1/term/T1/heartbeat", b"{}").value == NOT_AUTHORIZED
+    assert daemon.publish("fleet/v1/host/settlement", b"{}").value == NOT_AUTHORIZED
+    assert daemon.publish("fleet/v1/term/T1/notice", b'{"v":1,"terminal_id":"T1","items":[]}').value == 0
     assert t1.publish("fleet/v1/term/T1/txn", b'{"v":1}').value == 0
     daemon.wait_message("fleet/v1/term/T1/txn")
+    t1.wait_message("fleet/v1/term/T1/notice")
+    assert [t for t, _ in t1.messages] == ["fleet/v1/term/T1/notice"]
     assert snoop.messages == []
+
+
+def test_a_retained_notice_reaches_its_terminal_when_it_connects(connect: Connect) -> None:
+    """The daemon's retained notice is there for a terminal that subscribes later; a zero-length
+    retained publish clears it."""
+    daemon = _subscriber(connect, "fleetwatch")
+    info = daemon.client.publish("fleet/v1/term/T2/notice", b'{"v":1,"items":[1]}', qos=1, retain=True)
+    info.wait_for_publish(timeout=TIMEOUT)
+    t2 = connect("T2")
+    t2.client.subscribe("fleet/v1/term/T2/notice", qos=1)
+    t2.wait_message("fleet/v1/term/T2/notice")
+    assert t2.messages == [("fleet/v1/term/T2/notice", b'{"v":1,"items":[1]}')]
+    info = daemon.client.publish("fleet/v1/term/T2/notice", b"", qos=1, retain=True)
+    info.wait_for_publish(timeout=TIMEOUT)
+    late = connect("T2")
+    late.client.subscribe("fleet/v1/term/T2/notice", qos=1)
+    assert late.subscribed.wait(TIMEOUT)
+    late.client.subscribe("fleet/v1/term/T2/heartbeat", qos=1)  # a second SUBACK: the first one's retained are in
+    assert late.publish("fleet/v1/term/T2/heartbeat", b"{}").value == 0
+    assert not [m for m in late.messages if m[0].endswith("/notice")]
 
 
 @pytest.mark.parametrize(("user", "password"), [(None, None), ("T1", "wrong"), ("T9", "t1-secret")])
@@ -246,8 +286,9 @@ def test_unknown_or_anonymous_clients_are_refused(connect: Connect, user: str | 
 
 
 def test_acl_grants_as_documented() -> None:
-    """The ACL file grants exactly: fleetwatch reads fleet/v1/#, acquirer-host writes
-    fleet/v1/host/settlement, every user writes under fleet/v1/term/<own username>/."""
+    """The ACL file grants exactly: fleetwatch reads fleet/v1/# and writes every notice,
+    acquirer-host writes fleet/v1/host/settlement, every user writes its own heartbeat, txn,
+    batch and state under fleet/v1/term/<own username>/ and reads its own notice."""
     rules = [
         re.sub(r"\s+", " ", line.strip())
         for line in ACL.read_text().splitlines()
@@ -256,7 +297,12 @@ def test_acl_grants_as_documented() -> None:
     assert rules == [
         "user fleetwatch",
         "topic read fleet/v1/#",
+        "topic write fleet/v1/term/+/notice",
         "user acquirer-host",
         "topic write fleet/v1/host/settlement",
-        "pattern write fleet/v1/term/%u/#",
+        "pattern write fleet/v1/term/%u/heartbeat",
+        "pattern write fleet/v1/term/%u/txn",
+        "pattern write fleet/v1/term/%u/batch",
+        "pattern write fleet/v1/term/%u/state",
+        "pattern read fleet/v1/term/%u/notice",
     ]

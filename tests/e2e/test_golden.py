@@ -16,13 +16,14 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.golden import OWN_SCENARIOS, check_extra, shared_dir
+from tests.screens import Screens
 from tests.services import Broker, Daemon
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -62,8 +63,8 @@ def score(name: str, start: float, daemon: Daemon) -> subprocess.CompletedProces
 
 
 class Run:
-    def __init__(self, name: str, daemon: Daemon) -> None:
-        self.name, self.daemon = name, daemon
+    def __init__(self, name: str, daemon: Daemon, screens: Screens) -> None:
+        self.name, self.daemon, self.screens = name, daemon, screens
         self.start: float | None = None
         self.error: BaseException | None = None
         self.at_end: list[dict[str, Any]] = []
@@ -79,7 +80,7 @@ def replay_all(names: list[str], tag: str, broker: Broker, tmp_path_factory: pyt
         daemon = Daemon(workdir, broker.url, prefix=f"{tag}{i}/fleet/v1", client_id=f"fw-{tag}-{name}",
                         overrides=scenario_config(name))
         daemon.start()
-        runs[name] = Run(name, daemon)
+        runs[name] = Run(name, daemon, Screens(broker, daemon.prefix))
 
     def play(run: Run) -> None:
         try:
@@ -99,6 +100,7 @@ def replay_all(names: list[str], tag: str, broker: Broker, tmp_path_factory: pyt
 
 def stop_all(runs: dict[str, Run]) -> None:
     for run in runs.values():
+        run.screens.close()
         if run.daemon.proc is not None:
             run.daemon.stop()
 
@@ -128,6 +130,62 @@ def test_golden_scenario_passes_every_expectation(golden_runs: dict[str, Run], n
     assert run.start is not None
     result = score(name, run.start, run.daemon)
     assert result.returncode == 0, result.stdout + result.stderr + run.daemon.logs()[-2000:]
+
+
+def _merchants_of(name: str) -> dict[str, str]:
+    with (DATA / f"{name}.jsonl").open(encoding="utf-8") as fh:
+        fh.readline()
+        events = [json.loads(line) for line in fh if line.strip()]
+    return {e["payload"]["terminal_id"]: e["payload"]["merchant_id"] for e in events
+            if "merchant_id" in e["payload"] and "terminal_id" in e["payload"]}
+
+
+def test_host_outage_tells_each_affected_shop_once(golden_runs: dict[str, Run]) -> None:
+    """Over the API every affected merchant has exactly one notice, the upstream one, listing its
+    failing terminals; on the broker every failing terminal's screen was given exactly two
+    messages (the upstream notice, then an empty screen) and no other terminal got any.
+
+    Only what happened within the scenario counts: once the replay ends every terminal falls
+    silent, which is an offline wave of its own a little later."""
+    run = golden_runs["host-outage"]
+    assert run.start is not None
+    end = run.start / 1000 + 39.199
+    end_text = datetime.fromtimestamp(end, tz=UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def notices(merchant: str) -> list[dict[str, Any]]:
+        items = run.daemon.get(f"/api/v1/merchants/{merchant}/notices?lang=en")["items"]
+        return [i for i in items if i["opened_at"] <= end_text]
+
+    terminal_incidents = [i for i in run.daemon.incidents() if i["scope"] == "terminal" and i["opened_at"] <= end_text]
+    failing = {i["terminal_id"]: i["merchant_id"] for i in terminal_incidents}
+    assert len(failing) == 140
+    for merchant in sorted(set(failing.values())):
+        items = notices(merchant)
+        mine = sorted(t for t, m in failing.items() if m == merchant)
+        assert [(i["kind"], i["whose"], i["terminal_ids"]) for i in items] == [("host_outage", "upstream", mine)]
+        assert items[0]["title"] == "Bank system problem"
+    quiet = sorted(set(_merchants_of("host-outage").values()) - set(failing.values()))
+    assert quiet
+    assert notices(quiet[0]) == []
+    with run.screens._lock:
+        published = Counter(t for (t, _), at in zip(run.screens.live, run.screens.times, strict=True) if at <= end)
+    assert set(published) == set(failing)
+    for tid in failing:
+        upstream, cleared = run.screens.items(tid, until=end)
+        assert [(i["whose"], i["title"]) for i in upstream] == [("upstream", "银行系统故障")]
+        assert cleared == []
+
+
+def test_settlement_day_shows_the_money_late(golden_runs: dict[str, Run]) -> None:
+    """SM2's unsettled batch: one acquirer notice carrying the money as the merchant reads it
+    (the terminals falling silent after the replay are notices of their own)."""
+    run = golden_runs["settlement-day"]
+    items = run.daemon.get("/api/v1/merchants/SM2/notices?lang=zh-CN")["items"]
+    [item] = [i for i in items if i["kind"] == "settlement_gap"]
+    assert (item["cause"], item["whose"], item["status"]) == ("not_settled", "acquirer", "open")
+    assert [(m["amount_minor"], m["currency"], m["display"], m["batch_no"]) for m in item["money"]] == [
+        (468704, "CNY", "¥4,687.04", 21)]
+    assert "¥4,687.04" in item["what_happened"]
 
 
 @pytest.mark.parametrize("name", OWN_SCENARIOS)

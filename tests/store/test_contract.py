@@ -19,8 +19,10 @@ from fleetwatch.core.model import (
     IncidentEvent,
     IncidentWrite,
     SettlementWrite,
+    TerminalNoticeWrite,
     TerminalRecord,
     TxnWrite,
+    UpstreamMembersWrite,
 )
 from fleetwatch.errors import StoreError
 from fleetwatch.ports import Store
@@ -389,3 +391,50 @@ async def test_settlement_rows_are_accepted(store: Store) -> None:
     )
     await store.write([settlement])
     assert await store.delete_expired("settlements", T0 + 1, 10) == {"settlements": 1}
+
+
+# ---- merchant notices and generated secrets (migration 0002) ---------------------------------
+
+async def test_a_generated_secret_is_kept_once(store: Store) -> None:
+    """The first candidate wins; every later caller (another instance on the store) gets it."""
+    assert await store.secret("notice.link_key", "aaa") == "aaa"
+    assert await store.secret("notice.link_key", "bbb") == "aaa"
+    assert await store.secret("http.api_token", "ccc") == "ccc"
+
+
+async def test_upstream_members_feed_the_restore_and_the_merchant_page(store: Store) -> None:
+    """Members of an open upstream come back for the restore (each once); a merchant's notice read
+    finds the upstream through its terminals alone, plus its own incidents and their ancestors."""
+    upstream = dataclasses.replace(incident(1, kind="host_outage", key="fleet|host_outage"),
+                                   scope="fleet", terminal_id=None, merchant_id=None)
+    child = dataclasses.replace(incident(2, terminal_id="T5", merchant_id="M2", kind="network"),
+                                parent_id=upstream.id, suppressed=True)
+    old = dataclasses.replace(incident(3, merchant_id="M2", terminal_id="T6", status="resolved"), resolved_at=T0 - 10)
+    gone = dataclasses.replace(incident(4, kind="host_outage", key="fleet|host_outage|4", status="resolved"),
+                               scope="fleet", terminal_id=None, merchant_id=None, resolved_at=T0 - 500)
+    await store.write([iw(upstream), iw(child), iw(old), iw(gone),
+                       UpstreamMembersWrite(upstream.id, (("T8", "M3"), ("T7", "M2")), T0),
+                       UpstreamMembersWrite(upstream.id, (("T7", "M2"),), T0 + 1),
+                       UpstreamMembersWrite(gone.id, (("T7", "M2"),), T0 - 600)])
+    assert await store.load_open_upstream_members() == {upstream.id: [("T7", "M2"), ("T8", "M3")]}
+    found, members = await store.merchant_notice_incidents("M2", T0 - 100)
+    assert sorted(i.id for i in found) == sorted([upstream.id, child.id, old.id])
+    assert members == {upstream.id: {"T7"}}
+    found, members = await store.merchant_notice_incidents("M2", T0)
+    assert old.id not in {i.id for i in found}
+    assert await store.merchant_notice_incidents("M9", T0 - 100) == ([], {})
+    assert await store.delete_expired("incidents", T0 - 400, 10) == {
+        "incidents": 1, "incident_events": 1, "upstream_terminals": 1}
+
+
+async def test_terminal_notices_keep_the_last_acknowledged(store: Store) -> None:
+    """One row per terminal, the last acknowledged payload (None: cleared); shown_only leaves out
+    cleared screens and screens given an empty list."""
+    await store.write([TerminalNoticeWrite("T1", "M1", '{"items":[1]}', T0),
+                       TerminalNoticeWrite("T1", "M1", '{"items":[]}', T0 + 1),
+                       TerminalNoticeWrite("T2", "M1", None, T0 + 2)])
+    await store.write([TerminalNoticeWrite("T3", "M1", '{"v":1,"items":[{"title":"x"}]}', T0)])
+    assert await store.load_terminal_notices() == [
+        TerminalNoticeWrite("T1", "M1", '{"items":[]}', T0 + 1), TerminalNoticeWrite("T2", "M1", None, T0 + 2),
+        TerminalNoticeWrite("T3", "M1", '{"v":1,"items":[{"title":"x"}]}', T0)]
+    assert [r.terminal_id for r in await store.load_terminal_notices(shown_only=True)] == ["T3"]

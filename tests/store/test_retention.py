@@ -49,7 +49,8 @@ async def test_delete_expired_takes_only_what_aged_out(store: Store) -> None:
     assert await store.delete_expired("transactions", cut, 100) == {"transactions": 15}
     assert await store.delete_expired("transactions", cut, 100) == {"transactions": 0}
     assert await store.delete_expired("settlements", cut, 100) == {"settlements": 1}
-    assert await store.delete_expired("incidents", cut, 100) == {"incidents": 1, "incident_events": 2}
+    assert await store.delete_expired("incidents", cut, 100) == {"incidents": 1, "incident_events": 2,
+                                                                  "upstream_terminals": 0}
     assert await store.delete_expired("dead_letters", cut, 100) == {"dead_letters": 1}
     assert await store.delete_expired("batches", cut, 100) == {"batches": 1}
 

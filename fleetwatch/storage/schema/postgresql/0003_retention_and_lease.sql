@@ -1,4 +1,4 @@
--- 0002_retention_and_lease: what retention and a future active/standby pair need (SQLite).
+-- 0003_retention_and_lease: what retention and a future active/standby pair need (PostgreSQL).
 --
 -- Retention (fleetwatch/storage/retention.py) deletes the oldest rows in small chunks;
 -- each chunk finds them through one of these indexes instead of scanning a table.
@@ -14,8 +14,8 @@ CREATE INDEX batches_done_at ON batches ((COALESCE(settled_at, closed_at, last_t
 -- write once the row holds another one. SQLite itself is one process's file; the table
 -- exists on both backends so that a version number means the same schema everywhere.
 CREATE TABLE leases (
-    name        TEXT PRIMARY KEY,
-    holder      TEXT NOT NULL,
+    name        TEXT COLLATE "C" PRIMARY KEY,
+    holder      TEXT COLLATE "C" NOT NULL,
     token       BIGINT NOT NULL,
     expires_at  DOUBLE PRECISION NOT NULL
 );
