@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -77,7 +78,9 @@ async def api_token(settings: Settings, store: Store) -> str:
     if configured:
         return configured
     token = await store.secret(API_TOKEN_SECRET, new_secret())
-    beside = Path(settings.store.sqlite_path).parent if settings.store.backend == "sqlite" else Path()
+    # Beside a SQLite file; with PostgreSQL in systemd's StateDirectory, else the working directory.
+    beside = (Path(settings.store.sqlite_path).parent if settings.store.backend == "sqlite"
+              else Path(os.environ.get("STATE_DIRECTORY", ".")))
     path = Path(settings.http.token_file or beside / "api-token")
     write_token_file(path, token)  # CredentialFileError naming the file
     log.warning("no http.api_token configured: using the one generated in the store", token_file=str(path))
