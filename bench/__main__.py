@@ -1,4 +1,4 @@
-"""``python -m bench {publisher|ingest|memory|restart|metrics|latency|all}... [--smoke]``.
+"""``python -m bench {publisher|ingest|stores|memory|restart|metrics|latency|all}... [--smoke] [--store postgresql]``.
 
 Prints each figure as a table and rewrites its section of docs/PERFORMANCE.md
 (``--no-report`` to leave the file alone). Exit 1 when any figure missed its target or
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -18,7 +19,8 @@ from bench import harness, notices, report
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("what", nargs="+",
-                   choices=("publisher", "ingest", "memory", "restart", "metrics", "latency", "notices", "all"))
+                   choices=("publisher", "ingest", "stores", "memory", "restart", "metrics", "latency", "notices",
+                            "all"))
     p.add_argument("--smoke", action="store_true", help="tiny and fast (2,000 messages); no speed targets")
     p.add_argument("--terminals", type=int, default=None, help="fleet of the ingest stream (default 20,000)")
     p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 200,000)")
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--connections", type=int, default=4, help="publisher connections")
     p.add_argument("--fleet", type=int, default=1_000_000, help="terminals for memory/restart/metrics")
     p.add_argument("--no-daemon", action="store_true", help="ingest: broker and mosquitto_sub only")
+    p.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite",
+                   help="the daemon's store in memory/restart/metrics (stores compares both)")
     p.add_argument("--report", type=Path, default=Path("docs/PERFORMANCE.md"))
     p.add_argument("--no-report", action="store_true")
     a = p.parse_args(argv)
@@ -35,9 +39,21 @@ def main(argv: list[str] | None = None) -> int:
         terminals=a.terminals or (200 if smoke else 20_000),
         messages=a.messages or (2_000 if smoke else 200_000),
         rate=a.rate, connections=a.connections, fleet=a.fleet, smoke=smoke, no_daemon=a.no_daemon,
-        repeat=max(1, a.repeat),
+        repeat=max(1, a.repeat), store=a.store,
     )
-    figs = asyncio.run(_run(set(a.what), opts))
+    what = set(a.what)
+    cluster = None
+    if a.store == "postgresql" or "stores" in what:
+        from tests.services import Postgres  # noqa: PLC0415 - a private cluster only for PostgreSQL figures
+
+        cluster = Postgres(fsync=True)
+        cluster.start()
+        opts = dataclasses.replace(opts, new_database=cluster.new_database)
+    try:
+        figs = asyncio.run(_run(what, opts))
+    finally:
+        if cluster is not None:
+            cluster.stop()
     for fig in figs:
         print(fig.table())
         print()
@@ -57,6 +73,8 @@ async def _run(what: set[str], opts: harness.Options) -> list[report.Figure]:
         figs.append(await harness.figure_publisher(opts))
     if "ingest" in what:
         figs += await harness.figure_ingest(opts)
+    if "stores" in what:
+        figs.append(await harness.figure_stores(opts))
     if "latency" in what:
         figs.append(await harness.figure_latency(opts))
     if "notices" in what:

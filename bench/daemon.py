@@ -1,12 +1,14 @@
 """The daemon under test, as a subprocess: start with a temp config, wait for /readyz, read, stop.
 
 The harness treats fleetwatch as a black box through its operator surface only (the
-config file, ``/readyz``, ``/metrics``, the API, SIGTERM, and finally its SQLite file
-opened read-only), so the figures hold for what operators run.
+config file, ``/readyz``, ``/metrics``, the API, SIGTERM, and finally its store: the
+SQLite file opened read-only, or the PostgreSQL database), so the figures hold for what
+operators run.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import sqlite3
@@ -17,6 +19,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import asyncpg
 import httpx
 
 from bench.broker import free_port
@@ -24,15 +27,16 @@ from bench.broker import free_port
 TOKEN = "bench"
 
 
-def daemon_config(mqtt_port: int, http_port: int, db: Path, *, interval: float = 60.0) -> str:
-    """The temp config the brief prescribes (TOML)."""
+def daemon_config(mqtt_port: int, http_port: int, db: Path, *, interval: float = 60.0,
+                  store_url: str | None = None) -> str:
+    """The temp config the brief prescribes (TOML); the store is SQLite at ``db`` unless ``store_url``."""
     return (
         "[mqtt]\n"
         f'url = "mqtt://127.0.0.1:{mqtt_port}"\n'
         'topic_prefix = "fleet/v1"\n'
         'client_id = "fleetwatch-bench"\n'
         "[store]\n"
-        f'url = "sqlite:///{db}"\n'
+        f'url = "{store_url or f"sqlite:///{db}"}"\n'
         "[http]\n"
         f'listen = "127.0.0.1:{http_port}"\n'
         f'api_token = "{TOKEN}"\n'
@@ -62,6 +66,8 @@ class Daemon:
     interval: float = 60.0
     proc: subprocess.Popen[bytes] | None = None
     http_port: int = 0
+    store_url: str | None = None
+    """None: SQLite in ``workdir``; else a PostgreSQL URL."""
     extra_config: str = ""
     """TOML sections appended to the config (e.g. ``[notice]`` settings)."""
 
@@ -77,8 +83,8 @@ class Daemon:
         """Start and wait until ``/readyz`` answers 200; returns the seconds that took."""
         self.http_port = free_port()
         conf = self.workdir / "fleetwatch.toml"
-        conf.write_text(daemon_config(self.mqtt_port, self.http_port, self.db, interval=self.interval)
-                        + self.extra_config)
+        conf.write_text(daemon_config(self.mqtt_port, self.http_port, self.db, interval=self.interval,
+                                      store_url=self.store_url) + self.extra_config)
         log = (self.workdir / "daemon.log").open("ab")
         cmd = os.environ.get("FLEETWATCH_BENCH_CMD")
         argv = cmd.split() if cmd else [sys.executable, "-m", "fleetwatch"]
@@ -177,7 +183,9 @@ class Daemon:
             self.proc = None
 
     def count(self, table: str) -> int:
-        """Rows of ``table`` in the stopped daemon's SQLite file (opened read-only)."""
+        """Rows of ``table`` in the stopped daemon's store (the SQLite file opened read-only)."""
+        if self.store_url is not None:
+            return asyncio.run(_pg_count(self.store_url, table))
         con = sqlite3.connect(f"file:{self.db}?mode=ro", uri=True)
         try:
             return int(con.execute(f"SELECT count(*) FROM {table}").fetchone()[0])  # table: a fixed name from our code
@@ -185,5 +193,14 @@ class Daemon:
             con.close()
 
 
-def new_daemon(mqtt_port: int, interval: float = 60.0, extra_config: str = "") -> Daemon:
-    return Daemon(mqtt_port, Path(tempfile.mkdtemp(prefix="fw-bench-")), interval, extra_config=extra_config)
+async def _pg_count(url: str, table: str) -> int:
+    conn = await asyncpg.connect(url)
+    try:
+        return int(await conn.fetchval(f"SELECT count(*) FROM {table}"))  # table: a fixed name from our code
+    finally:
+        await conn.close()
+
+
+def new_daemon(mqtt_port: int, interval: float = 60.0, extra_config: str = "", store_url: str | None = None) -> Daemon:
+    return Daemon(mqtt_port, Path(tempfile.mkdtemp(prefix="fw-bench-")), interval, store_url=store_url,
+                  extra_config=extra_config)

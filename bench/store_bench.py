@@ -1,9 +1,10 @@
-"""How fast is the SQLite store? ``python -m bench.store_bench [--terminals N] [--batches N]``.
+"""How fast is a store backend? ``python -m bench.store_bench [--store sqlite|postgresql] [--terminals N]``.
 
 Two figures matter for sizing: how many effect rows one ``write()`` commits per second
 (in batches of 5,000 effects, a busy flush interval's worth), and how long a restart
-spends in ``load_terminals()`` for a large fleet (restore blocks readiness). Prints the
-figures; asserts nothing. Runs in a temporary directory.
+spends streaming the terminals for a large fleet (restore blocks readiness). Prints the
+figures; asserts nothing. SQLite runs in a temporary directory; PostgreSQL in a private
+cluster started for the run (tests/services.py), or the database ``--url`` names.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from fleetwatch.adapters.sqlite import SqliteStore, prepare
+from fleetwatch.adapters.postgres import PostgresStore
+from fleetwatch.adapters.sqlite import SqliteStore
 from fleetwatch.core.model import (
     BatchRecord,
     DeadLetter,
@@ -28,6 +30,9 @@ from fleetwatch.core.model import (
     TxnRecord,
     TxnWrite,
 )
+from fleetwatch.storage.rows import prepare
+
+Store = SqliteStore | PostgresStore
 
 BATCH_EFFECTS = 5000
 
@@ -76,7 +81,7 @@ def _mixed_effects(batch: int, now: float, rng: random.Random) -> list[Effect]:
     return effects
 
 
-async def bench_writes(store: SqliteStore, batches: int) -> None:
+async def bench_writes(store: Store, batches: int) -> None:
     rng = random.Random(7)
     now = time.time()
     dirty_terminals = [_terminal(i, now) for i in range(200)]
@@ -97,7 +102,7 @@ async def bench_writes(store: SqliteStore, batches: int) -> None:
     )
 
 
-async def bench_load(store: SqliteStore, terminals: int) -> None:
+async def bench_load(store: Store, terminals: int) -> None:
     now = time.time()
     t0 = time.perf_counter()
     chunk = 100_000
@@ -106,27 +111,54 @@ async def bench_load(store: SqliteStore, terminals: int) -> None:
         await store.write((), terminals=records)
     print(f"generated and wrote {terminals:,} terminals in {time.perf_counter() - t0:.1f} s")
     t0 = time.perf_counter()
-    loaded = await store.load_terminals()
+    loaded = sum([len(chunk) async for chunk in store.terminal_chunks()])
     took = time.perf_counter() - t0
-    print(f"load_terminals(): {len(loaded):,} terminals in {took:.2f} s = {len(loaded) / took:,.0f} rows/s")
+    print(f"terminal_chunks(): {loaded:,} terminals in {took:.2f} s = {loaded / took:,.0f} rows/s")
     t0 = time.perf_counter()
     count = await store.count_terminals()
     print(f"count_terminals(): {count:,} in {(time.perf_counter() - t0) * 1000:.0f} ms")
 
 
-async def main(terminals: int, batches: int) -> None:
-    with tempfile.TemporaryDirectory(prefix="fleetwatch-bench-") as tmp:
-        store = await SqliteStore.open(str(Path(tmp) / "bench.db"))
-        try:
-            await bench_writes(store, batches)
-            await bench_load(store, terminals)
-        finally:
-            await store.close()
+async def run(store: Store, terminals: int, batches: int) -> None:
+    try:
+        print(f"store: {store.location}")
+        await bench_writes(store, batches)
+        await bench_load(store, terminals)
+    finally:
+        await store.close()
 
 
-if __name__ == "__main__":
+def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--store", choices=("sqlite", "postgresql"), default="sqlite")
+    parser.add_argument("--url", help="an existing PostgreSQL database (default: a private cluster)")
     parser.add_argument("--terminals", type=int, default=1_000_000)
     parser.add_argument("--batches", type=int, default=20)
     args = parser.parse_args()
-    asyncio.run(main(args.terminals, args.batches))
+    if args.store == "sqlite":
+        with tempfile.TemporaryDirectory(prefix="fleetwatch-bench-") as tmp:
+            asyncio.run(_run_sqlite(str(Path(tmp) / "bench.db"), args.terminals, args.batches))
+        return
+    if args.url:
+        asyncio.run(_run_postgres(args.url, args.terminals, args.batches))
+        return
+    from tests.services import Postgres  # noqa: PLC0415 - the private cluster only when asked for
+
+    cluster = Postgres(fsync=True)
+    cluster.start()
+    try:
+        asyncio.run(_run_postgres(cluster.new_database("bench"), args.terminals, args.batches))
+    finally:
+        cluster.stop()
+
+
+async def _run_sqlite(path: str, terminals: int, batches: int) -> None:
+    await run(await SqliteStore.open(path), terminals, batches)
+
+
+async def _run_postgres(url: str, terminals: int, batches: int) -> None:
+    await run(await PostgresStore.open(url), terminals, batches)
+
+
+if __name__ == "__main__":
+    main()

@@ -11,12 +11,16 @@ HTTP, close the store, return 0. A fatal error (the store failing, a task that c
 goes through the same ordered shutdown and is then raised: the CLI turns it into one
 log line and its exit code (a store failure exits 3 and the supervisor restarts us;
 nothing acknowledged was lost because PUBACK waits for commit).
+
+The store backend is chosen here, and only here, by the scheme of ``store.url``
+(``sqlite:///`` or ``postgresql://``/``postgres://``); everything else sees the port.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 import time
@@ -33,18 +37,21 @@ from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.adapters.mqtt import GmqttSource
 from fleetwatch.adapters.notice_page import merchant_app, merchant_router
 from fleetwatch.adapters.notify import AlertmanagerNotifier
+from fleetwatch.adapters.postgres import PostgresStore
 from fleetwatch.adapters.sqlite import SqliteStore
-from fleetwatch.config import Settings, deprecated_settings, start_summary
+from fleetwatch.config import Settings, StoreSettings, deprecated_settings, start_summary
 from fleetwatch.core.calendar import Calendar
 from fleetwatch.core.catalogue import Catalogue, Context
 from fleetwatch.core.engine import Engine
-from fleetwatch.core.model import Effect
+from fleetwatch.core.model import Effect, Incident
 from fleetwatch.core.screens import TerminalScreens
 from fleetwatch.credentials import write_token_file
 from fleetwatch.errors import ListenError, StoreError
 from fleetwatch.merchant_notices import MerchantNotices, NoticeApi, NoticeLinks, new_secret
 from fleetwatch.pipeline import Pipeline
-from fleetwatch.ports import ConnectFailure
+from fleetwatch.ports import ConnectFailure, Store
+from fleetwatch.storage.restore import feed_in_thread
+from fleetwatch.storage.retention import RetentionJob, retention_seconds
 from fleetwatch.terminal_notices import TerminalNotices, clear_published
 
 log = structlog.get_logger("fleetwatch.app")
@@ -64,20 +71,23 @@ API_TOKEN_SECRET = "http.api_token"
 LINK_KEY_SECRET = "notice.link_key"
 
 
-async def api_token(settings: Settings, store: SqliteStore) -> str:
+async def api_token(settings: Settings, store: Store) -> str:
     """The configured token, or the one generated into the store (shared by every instance on
     it), written (0600) where the operator can read it."""
     configured = settings.http.api_token.get_secret_value()
     if configured:
         return configured
     token = await store.secret(API_TOKEN_SECRET, new_secret())
-    path = Path(settings.http.token_file or Path(settings.store.sqlite_path).parent / "api-token")
+    # Beside a SQLite file; with PostgreSQL in systemd's StateDirectory, else the working directory.
+    beside = (Path(settings.store.sqlite_path).parent if settings.store.backend == "sqlite"
+              else Path(os.environ.get("STATE_DIRECTORY", ".")))
+    path = Path(settings.http.token_file or beside / "api-token")
     write_token_file(path, token)  # CredentialFileError naming the file
     log.warning("no http.api_token configured: using the one generated in the store", token_file=str(path))
     return token
 
 
-async def link_key(settings: Settings, store: SqliteStore) -> bytes:
+async def link_key(settings: Settings, store: Store) -> bytes:
     """``notice.link_key``, or the one generated into the store at first start."""
     configured = settings.notice.link_key.get_secret_value()
     if configured:
@@ -162,7 +172,7 @@ async def run_daemon(settings: Settings) -> int:
 
         source = GmqttSource(settings.mqtt, on_connected_change=connection_changed,
                              on_reconnect=metrics.mqtt_reconnects.inc, on_connect_failed=connect_failed)
-        store = await SqliteStore.open(settings.store.sqlite_path, dead_letters_kept=settings.store.dead_letters_kept)
+        store = await open_store(settings.store)
         try:
             return await _run_with_store(settings, store, started, metrics=metrics, source=source,
                                          listeners=listeners, catalogues=catalogues,
@@ -175,24 +185,38 @@ async def run_daemon(settings: Settings) -> int:
             listener.close()
 
 
+async def open_store(settings: StoreSettings) -> Store:
+    """The backend ``store.url`` names, opened and migrated (StoreError if it cannot be)."""
+    if settings.backend == "postgresql":
+        return await PostgresStore.open(settings.url, dead_letters_kept=settings.dead_letters_kept)
+    return await SqliteStore.open(settings.sqlite_path, dead_letters_kept=settings.dead_letters_kept)
+
+
+async def restore_engine(
+    engine: Engine, store: Store, now: float, recent_txn_keys: int,
+) -> tuple[list[Incident], dict[str, list[tuple[str, str | None]]]]:
+    """Rebuild the engine from the store; returns the open incidents and the upstreams' members."""
+    open_incidents = await store.load_open_incidents()
+    members = await store.load_open_upstream_members()
+    batches = await store.load_open_batches()
+    txn_keys = await store.load_recent_txn_keys(recent_txn_keys)
+    statuses = await store.load_acquirer_statuses()
+    hours = await store.load_merchant_hours()
+    await feed_in_thread(
+        lambda terminals: engine.restore(terminals, open_incidents, batches, txn_keys, now,
+                                         upstream_members=members, statuses=statuses, hours=hours),
+        store.terminal_chunks(),
+    )
+    return open_incidents, members
+
+
 async def _run_with_store(
-    settings: Settings, store: SqliteStore, started: float, *, metrics: Metrics, source: GmqttSource,
+    settings: Settings, store: Store, started: float, *, metrics: Metrics, source: GmqttSource,
     listeners: list[socket.socket], catalogues: Mapping[str, Catalogue],
     connection_listeners: list[Callable[[bool], None]],
 ) -> int:
     engine = Engine(settings.detect, settings.settlement)
-    open_incidents = await store.load_open_incidents()
-    members = await store.load_open_upstream_members()
-    engine.restore(
-        store.iter_terminals(),
-        open_incidents,
-        await store.load_open_batches(),
-        await store.load_recent_txn_keys(settings.detect.recent_txn_keys),
-        time.time(),
-        upstream_members=members,
-        statuses=await store.load_acquirer_statuses(),
-        hours=await store.load_merchant_hours(),
-    )
+    open_incidents, members = await restore_engine(engine, store, time.time(), settings.detect.recent_txn_keys)
     log.info("state restored", seconds=round(time.perf_counter() - started, 3))
     pipeline = Pipeline(settings, engine, store, metrics)
     pipeline.refresh_snapshot(time.time())
@@ -229,9 +253,17 @@ async def _run_with_store(
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
+    retention = RetentionJob(
+        store, retention_seconds(settings.store.retain_days, settings.detect.day_s), clock=time.time,
+        every_s=settings.store.retention_every_s, chunk=settings.store.retention_chunk,
+        on_deleted=lambda table, n: metrics.store_rows_deleted.labels(table=table).inc(n),
+        on_size=metrics.store_size.set,
+    )
+
     tasks = {
         asyncio.create_task(pipeline.run_writer(), name="writer"),
         asyncio.create_task(pipeline.run_sweeper(), name="sweeper"),
+        asyncio.create_task(retention.run(), name="retention"),
         asyncio.create_task(source.run(pipeline.on_message), name="mqtt"),
         *(asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{i}")
           for i, (server, sock) in enumerate(servers)),
@@ -272,7 +304,7 @@ def _server(app: object, host_port: tuple[str, int]) -> uvicorn.Server:
 
 
 async def _start_terminal_notices(
-    settings: Settings, store: SqliteStore, engine: Engine, pipeline: Pipeline, *, source: GmqttSource,
+    settings: Settings, store: Store, engine: Engine, pipeline: Pipeline, *, source: GmqttSource,
     metrics: Metrics, catalogues: Mapping[str, Catalogue], members: dict[str, list[tuple[str, str | None]]],
 ) -> None:
     """The terminals' screens: publish what changes, or clear everything when switched off."""

@@ -155,8 +155,8 @@ async def notice_link(settings: Settings, merchant_id: str, days: float | None, 
     """A signed link; a generated link key is read from (or first written to) the store."""
     import time
 
-    from fleetwatch.adapters.sqlite import SqliteStore, stored_secret
-    from fleetwatch.app import LINK_KEY_SECRET, calendar_of, link_key, notice_base_url
+    from fleetwatch.adapters.sqlite import stored_secret
+    from fleetwatch.app import LINK_KEY_SECRET, calendar_of, link_key, notice_base_url, open_store
     from fleetwatch.core.links import MERCHANT_ID
     from fleetwatch.merchant_notices import NoticeLinks
 
@@ -165,13 +165,14 @@ async def notice_link(settings: Settings, merchant_id: str, days: float | None, 
     if (days is not None and days <= 0) or (seconds is not None and seconds <= 0):
         raise ConfigError("--days and --seconds must be positive")
     configured = settings.notice.link_key.get_secret_value()
-    stored = stored_secret(settings.store.sqlite_path, LINK_KEY_SECRET) if not configured else None
+    beside_daemon = not configured and settings.store.backend == "sqlite"  # PostgreSQL has no lock to mind
+    stored = stored_secret(settings.store.sqlite_path, LINK_KEY_SECRET) if beside_daemon else None
     if configured:
         key = configured.encode()
     elif stored is not None:  # read beside a running daemon, which holds the store
         key = stored.encode()
-    else:  # no daemon has started on this store yet: generate the key the daemon will use
-        store = await SqliteStore.open(settings.store.sqlite_path)
+    else:  # no daemon has started on this SQLite store yet (or PostgreSQL, which any process may open)
+        store = await open_store(settings.store)
         try:
             key = await link_key(settings, store)
         finally:

@@ -94,21 +94,41 @@ class MqttSettings(_Section):
         return self
 
 
+STORE_SCHEMES = {"sqlite": "sqlite", "postgresql": "postgresql", "postgres": "postgresql"}
+"""``store.url`` scheme -> backend (CONTRACT.md §9: ``postgres://`` is PostgreSQL too)."""
+
+
 class StoreSettings(_Section):
     url: str = "sqlite:////var/lib/fleetwatch/fleetwatch.db"
+    """``sqlite:///relative.db``, ``sqlite:////absolute.db``, or ``postgresql://user:password@host:5432/db``
+    (also ``postgres://``); the password is never printed or logged."""
     flush_interval_ms: int = Field(default=5, ge=1, le=1000)
     """The writer commits what it holds at least this often (and acknowledges QoS 1)."""
     max_batch: int | None = Field(default=None, deprecated=UNUSED_SETTING)
     terminal_flush_s: float = Field(default=2.0, gt=0)
     """Terminal state (last seen etc.) is written coalesced, at most this often."""
     dead_letters_kept: int = Field(default=1000, ge=0)
+    retain_days: float = Field(default=90, gt=0)
+    """Transactions, settlements, resolved incidents and dead letters older than this many days
+    (of ``detect.day_s``) are deleted; batches are kept until settled and then as long."""
+    retention_every_s: float = Field(default=300.0, gt=0)
+    """How often the retention job looks for rows that aged out."""
+    retention_chunk: int = Field(default=1000, ge=1)
+    """Rows deleted per transaction: intake waits for at most one such chunk."""
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        if not v.startswith("sqlite:///") or not v.removeprefix("sqlite:///").strip("/"):
-            raise ValueError("store.url must be sqlite:///relative.db or sqlite:////absolute.db")
+        scheme = urlsplit(v).scheme
+        if (scheme not in STORE_SCHEMES or (scheme == "sqlite" and not v.startswith("sqlite:///"))
+                or (scheme == "sqlite" and not v.removeprefix("sqlite:///").strip("/"))):
+            raise ValueError("store.url must be sqlite:///relative.db, sqlite:////absolute.db or "
+                             "postgresql://user:password@host:port/database (or postgres://)")
         return v
+
+    @property
+    def backend(self) -> Literal["sqlite", "postgresql"]:
+        return "postgresql" if STORE_SCHEMES[urlsplit(self.url).scheme] == "postgresql" else "sqlite"
 
     @property
     def sqlite_path(self) -> str:
@@ -213,8 +233,8 @@ class DetectSettings(_Section):
     """Which processor table applies on top of the built-in ISO 8583 / UnionPay one."""
     day_s: float = Field(default=86400.0, gt=0)
     """The length of a day. 86400: real days from local midnight in ``timezone``; any other
-    value compresses every calendar quantity (hours, recent_hours, settle_days, link days)
-    and ignores time zones (tests and demos)."""
+    value compresses every calendar quantity (hours, recent_hours, settle_days, link days,
+    store.retain_days) and ignores time zones (tests and demos)."""
     timezone: str = "Asia/Shanghai"
     """IANA zone merchants' times are shown in (until a merchant has its own hours)."""
     hours_learn_days: int = Field(default=7, ge=1, le=16)
@@ -462,33 +482,55 @@ def deprecated_settings(settings: Settings) -> list[str]:
 
 
 def effective_settings(settings: Settings) -> dict[str, Any]:
-    """Settings as plain data with secrets masked (for check-config); deprecated keys left out."""
+    """Settings as plain data with secrets masked (for check-config); deprecated keys left out.
+
+    Secret fields (``SecretStr``: passwords, tokens, keys) print as stars already; every
+    URL setting (``url`` or ``*_url``, in any section) has its password masked too.
+    """
     dumped: dict[str, Any] = settings.model_dump(mode="json")
     for section_name in Settings.model_fields:
         section = dumped[section_name]
         for name, field in type(getattr(settings, section_name)).model_fields.items():
             if field.deprecated:
                 section.pop(name, None)
-    dumped["mqtt"]["url"] = _mask_url(settings.mqtt.url)
-    dumped["store"]["url"] = _mask_url(settings.store.url)
+        for key, value in section.items():
+            if isinstance(value, str) and (key == "url" or key.endswith("_url")):
+                section[key] = mask_url(value)
     return dumped
 
 
 def start_summary(settings: Settings) -> dict[str, str]:
     """The few facts the start log line carries: where messages, state and the API are."""
-    summary = {"broker": _mask_url(settings.mqtt.url), "store": _mask_url(settings.store.url),
+    summary = {"broker": mask_url(settings.mqtt.url), "store": mask_url(settings.store.url),
                "listen": settings.http.listen}
     if settings.notice.listen:
         summary["merchant_listen"] = settings.notice.listen
     return summary
 
 
-def _mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
+MASK = "**********"
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password, in the authority or a ``password=`` query, replaced by stars."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
         return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":**********@")
-    return parts._replace(netloc=netloc).geturl()
+    secret_query = "password" in parts.query.lower()
+    if password is None and not secret_query:
+        return url  # untouched: urlsplit/geturl would fold sqlite://// into sqlite://
+    netloc = parts.netloc
+    if password is not None:
+        userinfo, _, hostinfo = netloc.rpartition("@")
+        netloc = f"{userinfo.split(':', 1)[0]}:{MASK}@{hostinfo}"
+    query = "&".join(
+        f"{k}={MASK}" if "password" in k.lower() else item
+        for item in parts.query.split("&") if item
+        for k in [item.partition("=")[0]]
+    )
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 def render_example() -> str:

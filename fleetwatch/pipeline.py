@@ -23,6 +23,7 @@ from fleetwatch.core.messages import Envelope
 from fleetwatch.core.model import MESSAGE_TYPES, BatchRecord, Effect, IncidentWrite, TerminalRecord, TerminalWrite
 from fleetwatch.core.snapshot import FleetSnapshot
 from fleetwatch.logs import RateLimitedLog
+from fleetwatch.ports import StoreWriter
 
 log = structlog.get_logger("fleetwatch.pipeline")
 
@@ -46,17 +47,6 @@ class Decider(Protocol):
     def snapshot(self, now: float) -> FleetSnapshot: ...
 
 
-class EffectStore(Protocol):
-    """The part of the store the writer needs."""
-
-    async def write(
-        self,
-        effects: Sequence[Effect],
-        terminals: Sequence[TerminalRecord] = (),
-        batches: Sequence[BatchRecord] = (),
-    ) -> None: ...
-
-
 class Pipeline:
     """Decodes, decides and persists; owns the pending batch and its commit future."""
 
@@ -64,7 +54,7 @@ class Pipeline:
         self,
         settings: Settings,
         engine: Decider,
-        store: EffectStore,
+        store: StoreWriter,
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.time,

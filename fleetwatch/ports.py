@@ -1,15 +1,29 @@
 """The ports between the pipeline and the outside world.
 
 Each is a small Protocol so that swapping an implementation (another MQTT library,
-PostgreSQL instead of SQLite) touches one adapter module and nothing else.
+another database) means one adapter module that implements it, and nothing else: the
+pipeline, the engine and the API only ever see these.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
+
+from fleetwatch.core.model import (
+    AcquirerStatus,
+    BatchRecord,
+    DeadLetter,
+    Effect,
+    Incident,
+    IncidentEvent,
+    MerchantHoursRecord,
+    TerminalNoticeWrite,
+    TerminalRecord,
+)
+from fleetwatch.storage.retention import PurgeKind
 
 MQTT5_CONNACK_REASONS: Final[dict[int, str]] = {
     0x80: "unspecified_error", 0x81: "malformed_packet", 0x82: "protocol_error",
@@ -79,6 +93,145 @@ class MessageSource(Protocol):
 
     async def stop(self) -> None:
         """Stop taking messages (disconnect cleanly); returns when intake has stopped."""
+        ...
+
+
+# ---- the store -------------------------------------------------------------------------
+#
+# Three interfaces, one per user, so each user depends on what it calls and nothing more:
+# the pipeline's writer, the start-up restore, and the HTTP API's reads. A backend
+# (adapters/sqlite.py, adapters/postgres.py, testing.MemoryStore) implements all three
+# plus the lifecycle of :class:`Store`; the store contract tests (tests/store/) hold every
+# backend to the same answers. Row shapes, cursors and migrations discovery are shared in
+# fleetwatch/storage/.
+
+
+class StoreWriter(Protocol):
+    """What the pipeline's writer task needs: one transaction per batch of effects.
+
+    ``write`` snapshots the rows **when it is called** (the engine goes on mutating its
+    objects) and returns an awaitable that commits them all or none: a QoS 1 message is
+    acknowledged only once it has completed. Any database failure is a StoreError.
+    """
+
+    def write(
+        self,
+        effects: Sequence[Effect],
+        terminals: Sequence[TerminalRecord] = (),
+        batches: Sequence[BatchRecord] = (),
+    ) -> Awaitable[None]: ...
+
+
+class StoreRestore(Protocol):
+    """What the daemon reads once at start to rebuild the engine."""
+
+    def terminal_chunks(self) -> AsyncIterator[Sequence[TerminalRecord]]:
+        """Every terminal, a few thousand at a time, so a million never exist at once (each
+        chunk builds its records as it is iterated: storage.rows.TerminalChunk)."""
+        ...
+
+    async def load_open_incidents(self) -> list[Incident]:
+        """Incidents not resolved (open or acknowledged), oldest first by (opened_at, id)."""
+        ...
+
+    async def load_open_batches(self) -> list[BatchRecord]:
+        """Batches not yet done, by (terminal_id, batch_no, currency)."""
+        ...
+
+    async def load_recent_txn_keys(self, limit: int) -> list[tuple[str, str]]:
+        """(terminal_id, txn_id) of the ``limit`` most recently received txns, oldest first."""
+        ...
+
+    async def load_open_upstream_members(self) -> dict[str, list[tuple[str, str | None]]]:
+        """Per open upstream incident, the (terminal_id, merchant_id) it is built on, by terminal_id."""
+        ...
+
+    async def load_terminal_notices(self, *, shown_only: bool = False) -> list[TerminalNoticeWrite]:
+        """What the broker last acknowledged as each terminal's notice, by terminal_id; ``shown_only``:
+        only those that show something (not cleared, not ``items: []``)."""
+        ...
+
+    async def load_acquirer_statuses(self) -> list[AcquirerStatus]:
+        """Every acquirer status kept (applied, or waiting for its terminal to appear), by terminal_id."""
+        ...
+
+    async def load_merchant_hours(self) -> list[MerchantHoursRecord]:
+        """Every merchant's learned and configured operating hours, by merchant_id."""
+        ...
+
+
+class StoreReads(Protocol):
+    """The read side the HTTP API serves from committed data (never blocked by the writer)."""
+
+    async def list_incidents(
+        self, *, status: str = "open", kind: str | None = None, terminal_id: str | None = None,
+        merchant_id: str | None = None, scope: str | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[Incident], str | None]:
+        """A page newest first by (opened_at, id) and the next page's cursor (keyset paging);
+        BadRequest for a bad status, limit or cursor (fleetwatch/storage/paging.py)."""
+        ...
+
+    async def get_incident(self, incident_id: str) -> Incident | None: ...
+    async def incident_events(self, incident_id: str) -> list[IncidentEvent]: ...
+    async def get_terminal(self, terminal_id: str) -> TerminalRecord | None: ...
+
+    async def list_terminals(
+        self, *, merchant_id: str | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[TerminalRecord], str | None]:
+        """A page in terminal_id order and the next page's cursor."""
+        ...
+
+    async def count_terminals(self) -> int: ...
+
+    async def recent_dead_letters(self, limit: int) -> list[DeadLetter]:
+        """The newest ``limit`` dead letters, newest first."""
+        ...
+
+    async def batches_for(
+        self, merchant_id: str, business_date: str | None = None, terminal_id: str | None = None,
+    ) -> list[BatchRecord]:
+        """A merchant's batches by (terminal_id, batch_no, currency), optionally of one business day."""
+        ...
+
+    async def merchant_notice_incidents(
+        self, merchant_id: str, resolved_since: float,
+    ) -> tuple[list[Incident], dict[str, set[str]]]:
+        """What a merchant's notices are built from: its open incidents and those resolved since
+        ``resolved_since``, the upstreams built on its terminals, every ancestor of those
+        (parents, ``previous_id``); and per upstream the merchant's terminals it is built on."""
+        ...
+
+
+class Store(StoreWriter, StoreRestore, StoreReads, Protocol):
+    """A whole backend: the three interfaces, retention, fencing and its lifecycle."""
+
+    @property
+    def location(self) -> str:
+        """Where the store is, safe to log (passwords masked)."""
+        ...
+
+    async def delete_expired(self, kind: PurgeKind, before: float, limit: int) -> Mapping[str, int]:
+        """Delete at most ``limit`` rows of ``kind`` that aged out before ``before`` (epoch s),
+        in one short transaction; rows deleted per table (fleetwatch/storage/retention.py)."""
+        ...
+
+    async def size_bytes(self) -> int:
+        """The store's size on disk, for ``fleetwatch_store_size_bytes``."""
+        ...
+
+    async def secret(self, name: str, candidate: str) -> str:
+        """The generated secret ``name`` (``http.api_token``, ``notice.link_key``): ``candidate``
+        is stored if there is none yet, and the stored one returned (every instance shares it)."""
+        ...
+
+    def fence(self, token: int | None) -> None:
+        """From now on every write commits only while the lease row still holds ``token``
+        (StoreError otherwise, nothing written); None turns the check off. The lease
+        itself (who holds it, renewal) belongs to the high-availability role logic."""
+        ...
+
+    async def close(self) -> None:
+        """Close every connection (waits for a write in progress); idempotent."""
         ...
 
 

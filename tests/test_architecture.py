@@ -59,6 +59,29 @@ def test_only_the_mqtt_adapter_knows_gmqtt() -> None:
     assert users == ["adapters/mqtt.py"]
 
 
+NEUTRAL_STORE_CODE = [*sorted((PACKAGE / "storage").glob("*.py")), PACKAGE / "testing.py"]
+DATABASE_DRIVERS = {"sqlite3", "aiosqlite", "asyncpg"}
+
+
+@pytest.mark.parametrize("path", NEUTRAL_STORE_CODE, ids=lambda p: p.relative_to(PACKAGE).as_posix())
+def test_shared_store_code_knows_no_database(path: Path) -> None:
+    """fleetwatch/storage/ (and the fake store) is what every backend shares: it imports no adapter,
+    no database driver, and neither pipeline nor app, so any backend can use it and none owns it."""
+    for module in imported_modules(path):
+        assert not module.startswith("fleetwatch.adapters"), f"{path.name} imports {module}"
+        assert module not in ("fleetwatch.pipeline", "fleetwatch.app"), f"{path.name} imports {module}"
+        assert module.split(".")[0] not in DATABASE_DRIVERS, f"{path.name} imports {module}"
+
+
+@pytest.mark.parametrize(("driver", "adapter"), [("asyncpg", "adapters/postgres.py"),
+                                                 ("aiosqlite", "adapters/sqlite.py")])
+def test_each_database_driver_lives_in_one_adapter(driver: str, adapter: str) -> None:
+    """Swapping a database driver touches one file; everything else sees the store port (ports.py)."""
+    users = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+                   if any(m.split(".")[0] == driver for m in imported_modules(p)))
+    assert users == [adapter]
+
+
 @pytest.mark.parametrize("path", sorted((PACKAGE / "mqtt5").glob("*.py")), ids=lambda p: p.name)
 def test_the_mqtt5_client_knows_nothing_of_fleetwatch(path: Path) -> None:
     """fleetwatch.mqtt5 is a plain MQTT client: an adapter uses it, it uses no adapter, core or pipeline."""

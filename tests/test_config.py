@@ -40,7 +40,7 @@ def test_environment_overrides_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     ("text", "fragment"),
     [
         ('[mqtt]\nurl = "http://x"\n', "mqtt.url"),
-        ('[store]\nurl = "postgres://x"\n', "store.url"),
+        ('[store]\nurl = "mysql://x"\n', "store.url"),
         ("[detect]\nheartbeat_interval_s = 0\n", "heartbeat_interval_s"),
         ("[nonsense]\nx = 1\n", "nonsense"),
         ("[mqtt\n", "not valid TOML"),
@@ -80,6 +80,30 @@ def test_check_config_command(tmp_path: Path) -> None:
                              capture_output=True, text=True, check=False)
     assert missing.returncode == 2
     assert "not found" in missing.stderr
+
+
+@pytest.mark.parametrize(("url", "backend"), [
+    ("sqlite:///relative.db", "sqlite"), ("sqlite:////var/lib/fleetwatch/fw.db", "sqlite"),
+    ("postgresql://fw:pw@db:5432/fleetwatch", "postgresql"), ("postgres://fw@db/fleetwatch", "postgresql"),
+])
+def test_store_url_scheme_picks_the_backend(url: str, backend: str) -> None:
+    """sqlite:///, postgresql:// and postgres:// are accepted (CONTRACT.md §9) and name their backend."""
+    assert load_settings(None, {"store": {"url": url}}).store.backend == backend
+
+
+def test_every_url_password_is_masked() -> None:
+    """The store's and Alertmanager's URL passwords, and a password= query parameter, never print;
+    a URL without one prints unchanged (sqlite://// keeps its four slashes)."""
+    settings = load_settings(None, {
+        "store": {"url": "postgresql://fw:s3cr%40t@db:5432/fleetwatch?sslmode=require&password=q2"},
+        "notify": {"alertmanager_url": "http://am:hunter3@alertmanager:9093"},
+    })
+    text = json.dumps(effective_settings(settings))
+    for secret in ("s3cr", "q2", "hunter3"):
+        assert secret not in text
+    shown = effective_settings(settings)
+    assert shown["store"]["url"] == "postgresql://fw:**********@db:5432/fleetwatch?sslmode=require&password=**********"
+    assert effective_settings(Settings())["store"]["url"] == "sqlite:////var/lib/fleetwatch/fleetwatch.db"
 
 
 def test_notice_and_calendar_settings_are_checked() -> None:

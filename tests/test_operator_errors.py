@@ -137,6 +137,9 @@ CASES = [
          names="cannot open store"),
     Case("store in use by another daemon", hold=holding_the_store, code=3,
          names="is in use by another fleetwatch process"),
+    Case("PostgreSQL store unreachable",
+         {"store": {"url": f"postgresql://fw:not-this-one@127.0.0.1:{free_port()}/fleetwatch"}}, code=3,
+         names="opening the store failed on postgresql://fw:**********@127.0.0.1:"),
     Case("listen address in use", hold=holding_the_port, code=5, names="http.listen 127.0.0.1:"),
 ]
 
@@ -208,6 +211,7 @@ def test_run_and_check_config_agree_with_one_line_and_the_documented_code(
         check_out, check_err = check.communicate(timeout=30)
 
     assert "Traceback" not in run_err + check_err
+    assert "not-this-one" not in run_err + check_out + check_err  # a store URL's password is never shown
     assert check.returncode == case.check_code, check_err
     assert run_code == case.code, run_err
     check_lines = check_err.splitlines()

@@ -16,13 +16,13 @@ import pytest
 from fleetwatch.core import model
 from fleetwatch.core.messages import TerminalStateName
 from fleetwatch.ports import CONNECT_FAILURE_REASONS
+from fleetwatch.storage.migrations import DIALECTS, Dialect, migrations
 from tests.deploy.dashboards import dashboard_files, load
 from tests.deploy.vocabulary import SERIES
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRACT = REPO / "docs" / "contract.md"
 DETECTION = REPO / "docs" / "detection.md"
-MIGRATIONS = REPO / "fleetwatch" / "adapters" / "migrations"
 ALERTMANAGER = REPO / "deploy" / "alertmanager" / "alertmanager.yml"
 
 CLOSED_SETS: dict[str, tuple[str, ...]] = {
@@ -112,10 +112,11 @@ def test_detection_page_config_causes_are_the_response_code_causes() -> None:
         c for c in model.CAUSES["config"] if ("config", c) not in model.ACQUIRER_DECISIONS]
 
 
-def test_store_schema_checks_the_model_values() -> None:
-    """The CHECK constraints of the migrations allow exactly the model's scopes, severities, statuses and
-    acquirer statuses."""
-    sql = "\n".join(p.read_text(encoding="utf-8") for p in sorted(MIGRATIONS.glob("*.sql")))
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_store_schema_checks_the_model_values(dialect: Dialect) -> None:
+    """The CHECK constraints of each dialect's migrations allow exactly the model's scopes, severities,
+    statuses and acquirer statuses."""
+    sql = "\n".join(m.sql for m in migrations(dialect))
     checks = {m[1]: tuple(re.findall(r"'([^']+)'", m[2])) for m in re.finditer(r"CHECK \((\w+) IN \(([^)]*)\)\)", sql)}
     assert checks == {"scope": model.SCOPES, "severity": model.SEVERITIES, "status": model.STATUSES,
                       "acquirer_status": model.ACQUIRER_STATUSES}

@@ -27,17 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetwatch import __version__
 from fleetwatch.core.hours import HoursError, WeeklyHours
-from fleetwatch.core.model import (
-    AcquirerStatus,
-    BatchRecord,
-    Effect,
-    Incident,
-    IncidentEvent,
-    TerminalRecord,
-    TerminalWrite,
-)
+from fleetwatch.core.model import AcquirerStatus, Effect, Incident, TerminalRecord, TerminalWrite
 from fleetwatch.core.settlement import money_at_stake, reconcile_day
 from fleetwatch.errors import BadRequest, Conflict, NotFound, RequestError, UnknownIncident, UnknownTerminal
+from fleetwatch.ports import StoreReads
 from fleetwatch.timefmt import parse_time, rfc3339
 
 log = structlog.get_logger("fleetwatch.http")
@@ -83,24 +76,6 @@ class BugsAnswer500:
             if not started:  # otherwise the client sees the connection end mid-answer
                 await JSONResponse({"detail": "internal error (logged by the daemon)"}, status_code=500)(
                     scope, receive, send)
-
-
-class Reads(Protocol):
-    """The read side of the store the API needs."""
-
-    async def list_incidents(
-        self, *, status: str = "open", kind: str | None = None, terminal_id: str | None = None,
-        merchant_id: str | None = None, scope: str | None = None, limit: int = 100, cursor: str | None = None,
-    ) -> tuple[list[Incident], str | None]: ...
-    async def get_incident(self, incident_id: str) -> Incident | None: ...
-    async def incident_events(self, incident_id: str) -> list[IncidentEvent]: ...
-    async def get_terminal(self, terminal_id: str) -> TerminalRecord | None: ...
-    async def list_terminals(
-        self, *, merchant_id: str | None = None, limit: int = 100, cursor: str | None = None,
-    ) -> tuple[list[TerminalRecord], str | None]: ...
-    async def batches_for(
-        self, merchant_id: str, business_date: str | None = None, terminal_id: str | None = None,
-    ) -> list[BatchRecord]: ...
 
 
 class Decisions(Protocol):
@@ -329,7 +304,7 @@ def build_app(
     *,
     token: str,
     exposition: Callable[[], bytes],
-    reads: Reads,
+    reads: StoreReads,
     decisions: Decisions,
     commit: Commit,
     not_ready_reason: Callable[[], str | None],

@@ -21,6 +21,7 @@ from fleetwatch.core.model import CAUSES, KINDS, MESSAGE_TYPES, REJECT_REASONS, 
 from fleetwatch.core.settlement import minor_to_major
 from fleetwatch.core.snapshot import FleetSnapshot
 from fleetwatch.ports import CONNECT_FAILURE_REASONS
+from fleetwatch.storage.retention import DELETED_TABLES
 
 GAP_CAUSES = CAUSES["settlement_gap"]
 
@@ -147,6 +148,14 @@ class Metrics:
         self.store_queue = Gauge(
             "fleetwatch_store_queue_depth", "Effects waiting for the next store write.", registry=r,
         )
+        self.store_rows_deleted = Counter(
+            "fleetwatch_store_rows_deleted", "Rows deleted by retention (store.retain_days), by table.", ["table"],
+            registry=r,
+        )
+        self.store_size = Gauge(
+            "fleetwatch_store_size_bytes", "Size of the store on disk (SQLite files, or the PostgreSQL database).",
+            registry=r,
+        )
         self.terminal_notices = Counter(
             "fleetwatch_terminal_notices_published",
             "Retained notices published to terminals' screens (one per change of what a screen shows).",
@@ -162,6 +171,8 @@ class Metrics:
             "fleetwatch_build_info", "Always 1; the version label says which build runs.", ["version"], registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
+        for table in DELETED_TABLES:
+            self.store_rows_deleted.labels(table=table)
         for message_type in MESSAGE_TYPES:
             self.received.labels(type=message_type)
         for reason in REJECT_REASONS:

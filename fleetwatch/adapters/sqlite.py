@@ -1,94 +1,87 @@
-"""The SQLite store: durable home of everything the engine decides, and the API's reads.
+"""The SQLite store (``store.url = sqlite:///...``): the embedded default backend of the store port.
 
-Why it looks the way it does:
+Why it looks the way it does (the row format, cursors and migrations it shares with
+every backend live in fleetwatch/storage/):
 
 - **One writer, one transaction per batch.** The pipeline hands the effects of many
   messages to :meth:`SqliteStore.write`; they commit together or not at all, and QoS 1
   messages are acknowledged only after that commit (docs/ARCHITECTURE.md). Any SQLite
   failure becomes :class:`~fleetwatch.errors.StoreError`: the daemon exits, systemd
   restarts it, the broker redelivers what was never acknowledged.
-- **Rows are snapshots taken on the caller's thread.** The engine keeps mutating its
-  ``Incident``/``TerminalRecord``/``BatchRecord`` objects in the event loop while aiosqlite
-  runs SQL in its own thread, so :func:`prepare` turns effects into plain tuples
-  synchronously, and ``write()`` does that at call time, before it returns an awaitable.
-  SQLite's thread never sees one of our objects.
 - **One daemon per database.** ``open`` takes an exclusive lock on ``PATH.lock`` (not on
   the database file: closing any descriptor of it would drop SQLite's own locks), so a
   second daemon started on the same store by mistake is refused with a StoreError
   instead of writing beside the first. The kernel releases it when the process dies.
 - **Readers never wait for the writer.** WAL mode and a second, read-only connection
   serve the HTTP API from the last committed state while a write is in progress.
-- **Plain SQL.** Migrations are numbered files (``migrations/NNNN_name.sql``) recorded in
-  ``schema_version``; the schema avoids SQLite-only constructs beyond the rowid primary
-  key, so a PostgreSQL store can follow with the same tables and statements.
-- **Positional rows.** Column order follows the dataclass field order in
-  ``core/model.py``; records are built with ``Record(*row)``, which is what makes loading a
-  million terminals take seconds rather than minutes.
+- **One statement per table, fed from ``json_each``.** Not ``executemany``: that binds
+  row by row, and every row re-takes the GIL from the event loop thread, which holds it
+  while it decodes messages; under load 5,000 terminal rows took 11 s instead of 0.1 s (a
+  GIL convoy). One ``INSERT ... SELECT ... FROM json_each(?)`` runs the whole batch inside
+  SQLite with the GIL released once.
+- **Retention shares the writer.** SQLite has one writer, so a retention chunk takes the
+  same lock as a write: intake waits for at most one small delete.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import fcntl
-import gc
 import json
-import re
+import os
 import sqlite3
 import time
-from collections.abc import Coroutine, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
-from datetime import UTC, datetime
-from importlib import resources
-from operator import attrgetter
+from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final, assert_never
+from typing import Any, Final
 
 import aiosqlite
 import msgspec
 
 from fleetwatch.core.model import (
     AcquirerStatus,
-    AcquirerStatusWrite,
     BatchRecord,
     DeadLetter,
     Effect,
     Incident,
     IncidentEvent,
-    IncidentWrite,
     MerchantHoursRecord,
-    MerchantHoursWrite,
-    SettlementWrite,
     TerminalNoticeWrite,
     TerminalRecord,
-    TerminalWrite,
-    TxnRecord,
-    TxnWrite,
-    UpstreamMembersWrite,
-    group_json,
 )
-from fleetwatch.errors import BadRequest, StoreError
+from fleetwatch.errors import StoreError
+from fleetwatch.storage import paging
+from fleetwatch.storage.migrations import SCHEMA_VERSION_DDL, Migration, migrations, pending
+from fleetwatch.storage.retention import PurgeKind
+from fleetwatch.storage.rows import (
+    BATCH_COLUMNS,
+    DEAD_LETTER_COLUMNS,
+    EVENT_COLUMNS,
+    HOURS_COLUMNS,
+    INCIDENT_COLUMNS,
+    SHOWN_NOTICE,
+    STATUS_COLUMNS,
+    TERMINAL_COLUMNS,
+    TERMINAL_NOTICE_COLUMNS,
+    OnConflict,
+    PreparedWrite,
+    Row,
+    Table,
+    TerminalChunk,
+    batch_of,
+    dead_letter_of,
+    event_of,
+    hours_of,
+    incident_of,
+    prepare,
+    status_of,
+    terminal_notice_of,
+    terminal_of,
+    without_nul,
+)
 
-__all__ = [
-    "INCIDENT_STATUS_FILTERS",
-    "MAX_PAGE",
-    "Migration",
-    "PreparedWrite",
-    "SqliteStore",
-    "business_day",
-    "migrations",
-    "prepare",
-    "stored_secret",
-]
-
-Row = tuple[Any, ...]
-
-MAX_PAGE: Final = 1000
-"""Largest page ``list_incidents``/``list_terminals`` serve; larger limits are a caller bug."""
-
-INCIDENT_STATUS_FILTERS: Final = ("open", "acknowledged", "resolved", "all")
-"""``status`` values of ``list_incidents``; ``open`` includes acknowledged (CONTRACT.md §3)."""
+__all__ = ["SqliteStore", "stored_secret"]
 
 BUSY_TIMEOUT_MS: Final = 5000
 """How long a statement waits for a lock (a checkpoint, a second process) before failing."""
@@ -97,40 +90,10 @@ WAL_SIZE_LIMIT: Final = 64 * 1024 * 1024
 """Bytes the WAL file is truncated to after a checkpoint."""
 
 LOAD_CHUNK: Final = 20_000
-"""Rows fetched per round trip to aiosqlite's thread when loading whole tables."""
+"""Rows fetched per round trip when loading whole tables."""
 
-_MIGRATION_FILE: Final = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
-
-
-# ---- columns: field order of the model dataclasses ---------------------------------
-
-def _names(cls: type) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
-
-
-TERMINAL_COLUMNS: Final = _names(TerminalRecord)
-TXN_COLUMNS: Final = _names(TxnRecord)
-BATCH_COLUMNS: Final = _names(BatchRecord)
-BATCH_ROW_COLUMNS: Final = (*BATCH_COLUMNS, "business_day")
-_INCIDENT_RENAMES: Final = {"group": "group_json", "evidence": "evidence_json"}
-INCIDENT_FIELDS: Final = _names(Incident)
-INCIDENT_COLUMNS: Final = tuple(_INCIDENT_RENAMES.get(n, n) for n in INCIDENT_FIELDS)
-SETTLEMENT_COLUMNS: Final = _names(SettlementWrite)
-EVENT_COLUMNS: Final = ("incident_id", "at", "type", "detail_json")
-DEAD_LETTER_COLUMNS: Final = ("topic", "reason", "detail", "received_at", "payload_excerpt")
-
-_terminal_values = attrgetter(*TERMINAL_COLUMNS)
-_txn_values = attrgetter(*TXN_COLUMNS)
-_batch_values = attrgetter(*BATCH_COLUMNS)
-_incident_values = attrgetter(*INCIDENT_FIELDS)
-_settlement_values = attrgetter(*SETTLEMENT_COLUMNS)
-
-_GROUP_IX: Final = INCIDENT_FIELDS.index("group")
-_EVIDENCE_IX: Final = INCIDENT_FIELDS.index("evidence")
-_SUPPRESSED_IX: Final = INCIDENT_FIELDS.index("suppressed")
-_WATCH_IX: Final = BATCH_COLUMNS.index("watch")
-_DONE_IX: Final = BATCH_COLUMNS.index("done")
-
+LEASE_NAME: Final = "active"
+"""The lease row the fencing check reads (the high-availability role logic owns it)."""
 
 _ROWS_JSON: Final = msgspec.json.Encoder()
 
@@ -139,321 +102,65 @@ def _cols(columns: Sequence[str]) -> str:
     return ", ".join(columns)
 
 
-def _insert_sql(table: str, columns: Sequence[str]) -> str:
-    """A bulk INSERT whose one parameter is a JSON array of rows (each an array of values).
+def _statement(table: Table) -> str:
+    """The bulk INSERT whose one parameter is a JSON array of rows (each an array of values).
 
-    Not ``executemany``: that binds row by row, and every row re-takes the GIL from the
-    event loop thread, which holds it while it decodes messages; under load 5,000
-    terminal rows took 11 s instead of 0.1 s (a GIL convoy). One statement fed from
-    ``json_each`` runs the whole batch inside SQLite with the GIL released once.
     ``WHERE true`` keeps SQLite's parser from reading an upsert's ON CONFLICT as a join.
+    ON CONFLICT DO NOTHING rather than INSERT OR IGNORE: only a duplicate key is ignored
+    (a QoS 1 redelivery), any other constraint failure still fails the batch.
     """
-    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(columns)))
-    return f"INSERT INTO {table} ({_cols(columns)}) SELECT {picks} FROM json_each(?) WHERE true"
+    picks = ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(table.columns)))
+    sql = f"INSERT INTO {table.name} ({_cols(table.columns)}) SELECT {picks} FROM json_each(?) WHERE true"
+    if table.conflict is OnConflict.IGNORE:
+        return f"{sql} ON CONFLICT ({_cols(table.key)}) DO NOTHING"
+    if table.conflict is OnConflict.UPDATE:
+        updates = ", ".join(f"{c} = excluded.{c}" for c in table.columns if c not in table.key)
+        return f"{sql} ON CONFLICT ({_cols(table.key)}) DO UPDATE SET {updates}"
+    return sql
 
 
-def _upsert_sql(table: str, columns: Sequence[str], key: Sequence[str]) -> str:
-    """INSERT ... ON CONFLICT (key) DO UPDATE: the same text works on PostgreSQL."""
-    updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c not in key)
-    return f"{_insert_sql(table, columns)} ON CONFLICT ({_cols(key)}) DO UPDATE SET {updates}"
+_STATEMENTS: dict[str, str] = {}
 
 
-_UPSERT_INCIDENT: Final = _upsert_sql("incidents", INCIDENT_COLUMNS, ("id",))
-_INSERT_EVENT: Final = _insert_sql("incident_events", EVENT_COLUMNS)
-# ON CONFLICT DO NOTHING rather than INSERT OR IGNORE: only a duplicate key is ignored
-# (a QoS 1 redelivery), any other constraint failure still fails the batch; and it is
-# PostgreSQL's spelling too.
-_INSERT_TXN: Final = (
-    f"{_insert_sql('transactions', TXN_COLUMNS)} ON CONFLICT (terminal_id, txn_id) DO NOTHING"
-)
-_INSERT_SETTLEMENT: Final = _insert_sql("settlements", SETTLEMENT_COLUMNS)
-_INSERT_DEAD_LETTER: Final = _insert_sql("dead_letters", DEAD_LETTER_COLUMNS)
-_UPSERT_TERMINAL: Final = _upsert_sql("terminals", TERMINAL_COLUMNS, ("terminal_id",))
-_UPSERT_BATCH: Final = _upsert_sql("batches", BATCH_ROW_COLUMNS, ("terminal_id", "batch_no", "currency"))
-# Merchant notices (migration 0002).
-_INSERT_UPSTREAM_MEMBER: Final = (
-    f"{_insert_sql('upstream_terminals', ('incident_id', 'terminal_id', 'merchant_id', 'added_at'))} "
-    "ON CONFLICT (incident_id, terminal_id) DO NOTHING"
-)
-_UPSERT_TERMINAL_NOTICE: Final = _upsert_sql(
-    "terminal_notices", ("terminal_id", "merchant_id", "payload", "published_at"), ("terminal_id",)
-)
-# The terminal lifecycle (migration 0003).
-STATUS_COLUMNS: Final = ("terminal_id", "acquirer_status", "reason", "note", "since", "ts_ms", "merchant_id",
-                         "received_at")
-HOURS_COLUMNS: Final = ("merchant_id", "learned", "learn_days", "day", "today", "configured")
-_UPSERT_STATUS: Final = _upsert_sql("terminal_statuses", STATUS_COLUMNS, ("terminal_id",))
-_UPSERT_HOURS: Final = _upsert_sql("merchant_hours", HOURS_COLUMNS, ("merchant_id",))
+def _statement_for(table: Table) -> str:
+    sql = _STATEMENTS.get(table.name)
+    if sql is None:
+        sql = _STATEMENTS[table.name] = _statement(table)
+    return sql
+
+
 _TRIM_DEAD_LETTERS: Final = (
     "DELETE FROM dead_letters WHERE id <= (SELECT id FROM dead_letters ORDER BY id DESC LIMIT 1 OFFSET ?)"
 )
 
-
-# ---- effects -> rows (synchronous, on the caller's thread) --------------------------
-
-def _json(value: Any) -> str:
-    """Compact JSON; ``default=str`` so an exotic evidence value never fails a write."""
-    return json.dumps(value, separators=(",", ":"), default=str)
-
-
-def business_day(batch: BatchRecord) -> str | None:
-    """The business date a batch belongs to in the reconciliation view (``YYYY-MM-DD``).
-
-    The acquirer's ``business_date`` once the batch is settled (a business day is not a
-    calendar day); before that the UTC date of its first approved transaction by the
-    terminal's clock, or of its BatchClose when it had none; None when nothing dates it
-    (or the terminal clock is absurd).
-    """
-    if batch.business_date is not None:
-        return batch.business_date
-    ts_ms = batch.first_approved_ts_ms if batch.first_approved_ts_ms is not None else batch.close_ts_ms
-    if ts_ms is None:
-        return None
-    try:
-        return datetime.fromtimestamp(ts_ms / 1000, tz=UTC).date().isoformat()
-    except (OverflowError, OSError, ValueError):
-        return None
-
-
-def _incident_row(incident: Incident) -> Row:
-    values = list(_incident_values(incident))
-    values[_GROUP_IX] = group_json(incident.group)
-    values[_EVIDENCE_IX] = _json(incident.evidence)
-    return tuple(values)
-
-
-def _event_row(event: IncidentEvent) -> Row:
-    return (event.incident_id, event.at, event.type, _json(event.detail))
-
-
-def _dead_letter_row(dl: DeadLetter) -> Row:
-    return (dl.topic, dl.reason, dl.detail, dl.received_at, dl.payload_excerpt)
-
-
-def _status_row(s: AcquirerStatus) -> Row:
-    return (s.terminal_id, s.status, s.reason, s.note, s.since, s.ts_ms, s.merchant_id, s.received_at)
-
-
-def _hours_row(h: MerchantHoursRecord) -> Row:
-    """The packed history does not fit a 64-bit integer: it is stored as hex text."""
-    return (h.merchant_id, None if h.learned is None else format(h.learned, "x"), h.learn_days, h.day, h.today,
-            None if h.configured is None else _json(h.configured))
-
-
-def _status(row: Row) -> AcquirerStatus:
-    return AcquirerStatus(*row)
-
-
-def _hours(row: Row) -> MerchantHoursRecord:
-    merchant_id, learned, learn_days, day, today, configured = row
-    return MerchantHoursRecord(merchant_id, None if learned is None else int(learned, 16), learn_days, day, today,
-                               None if configured is None else json.loads(configured))
-
-
-def _batch_row(batch: BatchRecord) -> Row:
-    values: Row = _batch_values(batch)
-    return (*values, business_day(batch))
-
-
-@dataclass(slots=True)
-class PreparedWrite:
-    """Row tuples for one transaction, detached from the engine's live objects.
-
-    Build it with :func:`prepare` (or :meth:`add`, to accumulate effects as they are
-    produced) and commit it with :meth:`SqliteStore.write_prepared`. Rows are applied in
-    the order added, so a later snapshot of an incident or terminal wins.
-    """
-
-    incidents: list[Row] = field(default_factory=list)
-    events: list[Row] = field(default_factory=list)
-    txns: list[Row] = field(default_factory=list)
-    settlements: list[Row] = field(default_factory=list)
-    dead_letters: list[Row] = field(default_factory=list)
-    terminals: list[Row] = field(default_factory=list)
-    batches: list[Row] = field(default_factory=list)
-    upstream_members: list[Row] = field(default_factory=list)
-    terminal_notices: list[Row] = field(default_factory=list)
-    statuses: list[Row] = field(default_factory=list)
-    hours: list[Row] = field(default_factory=list)
-
-    def add(
-        self,
-        effects: Iterable[Effect],
-        terminals: Iterable[TerminalRecord] = (),
-        batches: Iterable[BatchRecord] = (),
-    ) -> PreparedWrite:
-        """Snapshot ``effects`` and dirty records into rows now; returns self."""
-        for effect in effects:
-            if isinstance(effect, TxnWrite):
-                self.txns.append(_txn_values(effect.txn))
-            elif isinstance(effect, IncidentWrite):
-                self.incidents.append(_incident_row(effect.incident))
-                self.events.append(_event_row(effect.event))
-            elif isinstance(effect, SettlementWrite):
-                self.settlements.append(_settlement_values(effect))
-            elif isinstance(effect, DeadLetter):
-                self.dead_letters.append(_dead_letter_row(effect))
-            elif isinstance(effect, TerminalWrite):
-                self.terminals.append(_terminal_values(effect.record))
-            elif isinstance(effect, UpstreamMembersWrite):
-                self.upstream_members.extend(
-                    (effect.incident_id, tid, mid, effect.at) for tid, mid in effect.members
-                )
-            elif isinstance(effect, TerminalNoticeWrite):
-                self.terminal_notices.append((effect.terminal_id, effect.merchant_id, effect.payload, effect.at))
-            elif isinstance(effect, AcquirerStatusWrite):
-                self.statuses.append(_status_row(effect.status))
-            elif isinstance(effect, MerchantHoursWrite):
-                self.hours.append(_hours_row(effect.record))
-            else:
-                assert_never(effect)
-        self.terminals.extend(map(_terminal_values, terminals))
-        self.batches.extend(map(_batch_row, batches))
-        return self
-
-    @property
-    def row_count(self) -> int:
-        """Rows this write inserts or updates (for metrics and the bench)."""
-        return sum(len(rows) for _, rows in self.statements())
-
-    def statements(self) -> list[tuple[str, list[Row]]]:
-        """(SQL, rows) pairs in execution order; incidents precede their events (foreign key)."""
-        pairs = [
-            (_UPSERT_INCIDENT, self.incidents),
-            (_INSERT_EVENT, self.events),
-            (_INSERT_TXN, self.txns),
-            (_INSERT_SETTLEMENT, self.settlements),
-            (_INSERT_DEAD_LETTER, self.dead_letters),
-            (_UPSERT_TERMINAL, self.terminals),
-            (_UPSERT_BATCH, self.batches),
-            (_INSERT_UPSTREAM_MEMBER, self.upstream_members),
-            (_UPSERT_TERMINAL_NOTICE, self.terminal_notices),
-            (_UPSERT_STATUS, self.statuses),
-            (_UPSERT_HOURS, self.hours),
-        ]
-        return [(sql, rows) for sql, rows in pairs if rows]
-
-
-def prepare(
-    effects: Iterable[Effect],
-    terminals: Iterable[TerminalRecord] = (),
-    batches: Iterable[BatchRecord] = (),
-) -> PreparedWrite:
-    """Snapshot effects and dirty records into rows, synchronously (see module docstring)."""
-    return PreparedWrite().add(effects, terminals, batches)
-
-
-# ---- rows -> records ----------------------------------------------------------------
-
-def _terminal(row: Row) -> TerminalRecord:
-    """Positional build; SQLite hands BOOLEAN columns back as 0/1, so those are fixed up."""
-    rec = TerminalRecord(*row)
-    if rec.charging is not None:
-        rec.charging = bool(rec.charging)
-    rec.reader_fault = bool(rec.reader_fault)
-    rec.tamper = bool(rec.tamper)
-    return rec
-
-
-def _batch(row: Row) -> BatchRecord:
-    values = list(row)
-    values[_WATCH_IX] = bool(values[_WATCH_IX])
-    values[_DONE_IX] = bool(values[_DONE_IX])
-    return BatchRecord(*values)
-
-
-def _incident(row: Row) -> Incident:
-    values = list(row)
-    group = values[_GROUP_IX]
-    values[_GROUP_IX] = None if group is None else json.loads(group)
-    values[_EVIDENCE_IX] = json.loads(values[_EVIDENCE_IX])
-    values[_SUPPRESSED_IX] = bool(values[_SUPPRESSED_IX])
-    return Incident(*values)
-
-
-def _event(row: Row) -> IncidentEvent:
-    incident_id, at, type_, detail = row
-    return IncidentEvent(incident_id=incident_id, at=at, type=type_, detail=json.loads(detail))
-
-
-def _dead_letter(row: Row) -> DeadLetter:
-    topic, reason, detail, received_at, excerpt = row
-    return DeadLetter(
-        topic=topic, reason=reason, detail=detail, received_at=received_at, payload_excerpt=excerpt
-    )
-
-
-# ---- cursors ------------------------------------------------------------------------
-
-def _encode_cursor(payload: dict[str, Any]) -> str:
-    raw = json.dumps(payload, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def _decode_cursor(cursor: str) -> dict[str, Any]:
-    """Opaque to clients; anything we did not produce is a BadRequest (HTTP 400)."""
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        payload = json.loads(raw)
-    except ValueError as exc:  # binascii.Error, JSONDecodeError, UnicodeDecodeError, non-ASCII
-        raise BadRequest("invalid cursor") from exc
-    if not isinstance(payload, dict):
-        raise BadRequest("invalid cursor")
-    return payload
-
-
-def _incident_cursor(opened_at: float, incident_id: str) -> str:
-    return _encode_cursor({"o": opened_at, "i": incident_id})
-
-
-def _decode_incident_cursor(cursor: str) -> tuple[float, str]:
-    payload = _decode_cursor(cursor)
-    opened_at, incident_id = payload.get("o"), payload.get("i")
-    if (
-        not isinstance(opened_at, int | float)
-        or isinstance(opened_at, bool)
-        or not isinstance(incident_id, str)
-        or set(payload) != {"o", "i"}
-    ):
-        raise BadRequest("invalid cursor")
-    return float(opened_at), incident_id
-
-
-def _decode_terminal_cursor(cursor: str) -> str:
-    payload = _decode_cursor(cursor)
-    terminal_id = payload.get("t")
-    if not isinstance(terminal_id, str) or set(payload) != {"t"}:
-        raise BadRequest("invalid cursor")
-    return terminal_id
-
-
-def _check_limit(limit: int) -> None:
-    if not 1 <= limit <= MAX_PAGE:
-        raise BadRequest(f"limit must be between 1 and {MAX_PAGE}")
+_OPEN_BATCH_OF: Final = (
+    "EXISTS (SELECT 1 FROM batches b WHERE b.terminal_id = x.terminal_id AND b.batch_no = x.batch_no "
+    "AND b.currency = x.currency AND b.done = FALSE)"
+)
+_PURGE_SQL: Final[dict[str, str]] = {
+    "transactions": (
+        "DELETE FROM transactions WHERE rowid IN (SELECT x.rowid FROM transactions x "
+        f"WHERE x.received_at < ? AND NOT {_OPEN_BATCH_OF} ORDER BY x.received_at LIMIT ?)"
+    ),
+    "settlements": (
+        "DELETE FROM settlements WHERE id IN (SELECT x.id FROM settlements x "
+        f"WHERE x.received_at < ? AND NOT {_OPEN_BATCH_OF} ORDER BY x.received_at LIMIT ?)"
+    ),
+    "dead_letters": (
+        "DELETE FROM dead_letters WHERE id IN "
+        "(SELECT id FROM dead_letters WHERE received_at < ? ORDER BY received_at LIMIT ?)"
+    ),
+    "batches": (
+        "DELETE FROM batches WHERE rowid IN (SELECT rowid FROM batches WHERE done = TRUE "
+        "AND COALESCE(settled_at, closed_at, last_txn_at, first_approved_at, 0) < ? LIMIT ?)"
+    ),
+}
+_EXPIRED_INCIDENTS: Final = (
+    "SELECT id FROM incidents WHERE status = 'resolved' AND resolved_at < ? ORDER BY resolved_at LIMIT ?"
+)
 
 
 # ---- migrations ---------------------------------------------------------------------
-
-@dataclass(frozen=True, slots=True)
-class Migration:
-    version: int
-    name: str
-    sql: str
-
-
-def migrations() -> list[Migration]:
-    """The migration files shipped in the package, in order; numbering must have no gaps."""
-    folder = resources.files("fleetwatch.adapters").joinpath("migrations")
-    found = []
-    for entry in folder.iterdir():
-        match = _MIGRATION_FILE.match(entry.name)
-        if match:
-            found.append(Migration(int(match[1]), entry.name, entry.read_text(encoding="utf-8")))
-    found.sort(key=lambda m: m.version)
-    if [m.version for m in found] != list(range(1, len(found) + 1)):
-        raise StoreError(f"migration files are not numbered 0001.. without gaps: {[m.name for m in found]}")
-    return found
-
 
 def _migration_script(migration: Migration) -> str:
     """One migration and its schema_version row, in one transaction."""
@@ -466,12 +173,6 @@ def _migration_script(migration: Migration) -> str:
     )
 
 
-_SCHEMA_VERSION_DDL: Final = (
-    "CREATE TABLE IF NOT EXISTS schema_version ("
-    "version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at DOUBLE PRECISION NOT NULL)"
-)
-
-
 async def _schema_version(conn: Any) -> int:
     rows = await conn.execute_fetchall("SELECT MAX(version) FROM schema_version")
     version = next(iter(rows))[0]
@@ -480,35 +181,13 @@ async def _schema_version(conn: Any) -> int:
 
 async def _migrate(conn: Any, path: str) -> None:
     """Apply the migrations the database lacks; refuse one written by newer code."""
-    await conn.execute(_SCHEMA_VERSION_DDL)
-    known = migrations()
-    current = await _schema_version(conn)
-    newest = known[-1].version if known else 0
-    if current > newest:
-        raise StoreError(
-            f"{path} has schema version {current}, newer than this fleetwatch knows ({newest}); "
-            "run the newer fleetwatch or restore a backup"
-        )
-    for migration in known[current:]:
+    await conn.execute(SCHEMA_VERSION_DDL)
+    for migration in pending(migrations("sqlite"), await _schema_version(conn), path):
         try:
             await conn.executescript(_migration_script(migration))
         except sqlite3.Error as exc:
             await _rollback_quietly(conn)
             raise StoreError(f"migration {migration.name} failed on {path}: {exc}") from exc
-
-
-@contextlib.contextmanager
-def _gc_paused() -> Iterator[None]:
-    """Pause the cyclic GC while building a million records: the objects are all live,
-    yet each allocation burst triggers a full collection that walks every one of them
-    (measured: 8 s -> 3 s for 1,000,000 terminals). The records hold no cycles."""
-    was_enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was_enabled:
-            gc.enable()
 
 
 async def _rollback_quietly(conn: Any) -> None:
@@ -588,13 +267,22 @@ async def _open_reader(uri: str) -> Any:
     return conn
 
 
+def _file_sizes(path: str) -> int:
+    total = 0
+    for suffix in ("", "-wal"):
+        with contextlib.suppress(FileNotFoundError):
+            total += os.path.getsize(path + suffix)
+    return total
+
+
 # ---- the store ----------------------------------------------------------------------
 
 class SqliteStore:
-    """The daemon's store: one write connection (the writer task) and one read connection.
+    """The daemon's store in one file: one write connection (the writer task) and one read connection.
 
-    ``write``/``write_prepared`` and the ``load_*`` methods belong to the pipeline; the
-    ``list_*``/``get_*`` methods serve the HTTP API from committed data.
+    Implements :class:`fleetwatch.ports.Store`: ``write``/``write_prepared`` for the
+    pipeline, ``terminal_chunks`` and the ``load_*`` methods for the restore, the
+    ``list_*``/``get_*`` methods for the HTTP API, ``delete_expired`` for retention.
     """
 
     def __init__(self, writer: Any, reader: Any, path: str, dead_letters_kept: int, lock: Any = None) -> None:
@@ -606,6 +294,7 @@ class SqliteStore:
         self._write_lock = asyncio.Lock()
         self._closed = False
         self._instance_lock: Any = lock
+        self._fence: int | None = None
 
     @classmethod
     async def open(cls, path: str, *, dead_letters_kept: int = 1000) -> SqliteStore:
@@ -656,6 +345,10 @@ class SqliteStore:
     def path(self) -> str:
         return self._path
 
+    @property
+    def location(self) -> str:
+        return f"sqlite:///{self._path}"
+
     def _check_open(self) -> None:
         if self._closed:
             raise StoreError("store is closed")
@@ -676,6 +369,9 @@ class SqliteStore:
         """
         return self.write_prepared(prepare(effects, terminals, batches))
 
+    def fence(self, token: int | None) -> None:
+        self._fence = token
+
     async def write_prepared(self, prepared: PreparedWrite) -> None:
         """Commit prepared rows in one transaction: all of them or none (StoreError).
 
@@ -686,16 +382,20 @@ class SqliteStore:
         Don't cancel a write to abandon it: a cancelled write rolls back if it can, but
         once COMMIT has been handed to SQLite's thread it completes anyway.
         """
-        statements = prepared.statements()
-        if not statements:
+        tables = prepared.tables()
+        if not tables:
             return
         async with self._write_lock:
             self._check_open()
             conn = self._writer
             try:
                 await conn.execute("BEGIN IMMEDIATE")
-                for sql, rows in statements:
-                    await conn.execute(sql, (_ROWS_JSON.encode(rows).decode(),))
+                await self._check_fence()
+                for table, rows in tables:
+                    blob = _ROWS_JSON.encode(rows)
+                    if b"\\u0000" in blob:  # json_extract would cut the string there
+                        blob = _ROWS_JSON.encode(without_nul(rows))
+                    await conn.execute(_statement_for(table), (blob.decode(),))
                 if prepared.dead_letters:
                     await self._trim_dead_letters()
                 await conn.execute("COMMIT")
@@ -705,11 +405,61 @@ class SqliteStore:
                     raise StoreError(f"store write failed on {self._path}: {exc}") from exc
                 raise
 
+    async def _check_fence(self) -> None:
+        if self._fence is None:
+            return
+        rows = list(await self._writer.execute_fetchall(
+            "SELECT token FROM leases WHERE name = ?", (LEASE_NAME,)))
+        held = rows[0][0] if rows else None
+        if held != self._fence:
+            raise StoreError(f"write refused: the lease token is {held}, this instance holds {self._fence}")
+
     async def _trim_dead_letters(self) -> None:
         if self._dead_letters_kept == 0:
             await self._writer.execute("DELETE FROM dead_letters")
         else:
             await self._writer.execute(_TRIM_DEAD_LETTERS, (self._dead_letters_kept,))
+
+    # ---- retention ------------------------------------------------------------------
+
+    async def delete_expired(self, kind: PurgeKind, before: float, limit: int) -> Mapping[str, int]:
+        """One chunk of retention, in one short transaction under the writer's lock."""
+        async with self._write_lock:
+            self._check_open()
+            conn = self._writer
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                await self._check_fence()
+                if kind == "incidents":
+                    deleted = await self._delete_incidents(before, limit)
+                else:
+                    cursor = await conn.execute(_PURGE_SQL[kind], (before, limit))
+                    deleted = {kind: max(cursor.rowcount, 0)}
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                await _rollback_quietly(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"retention failed on {self._path}: {exc}") from exc
+                raise
+        return deleted
+
+    async def _delete_incidents(self, before: float, limit: int) -> dict[str, int]:
+        conn = self._writer
+        ids = [r[0] for r in await conn.execute_fetchall(_EXPIRED_INCIDENTS, (before, limit))]
+        if not ids:
+            return {"incidents": 0, "incident_events": 0, "upstream_terminals": 0}
+        param = (json.dumps(ids),)
+        events = await conn.execute(
+            "DELETE FROM incident_events WHERE incident_id IN (SELECT value FROM json_each(?))", param)
+        members = await conn.execute(
+            "DELETE FROM upstream_terminals WHERE incident_id IN (SELECT value FROM json_each(?))", param)
+        incidents = await conn.execute("DELETE FROM incidents WHERE id IN (SELECT value FROM json_each(?))", param)
+        return {"incidents": max(incidents.rowcount, 0), "incident_events": max(events.rowcount, 0),
+                "upstream_terminals": max(members.rowcount, 0)}
+
+    async def size_bytes(self) -> int:
+        """The database file plus its write-ahead log."""
+        return await asyncio.to_thread(_file_sizes, self._path)
 
     # ---- restore side -----------------------------------------------------------------
 
@@ -722,30 +472,33 @@ class SqliteStore:
         return list(rows)
 
     async def load_terminals(self) -> list[TerminalRecord]:
-        """Every terminal as a list (tests and tools; the daemon streams ``iter_terminals``)."""
-        self._check_open()
-        return list(self.iter_terminals())
+        """Every terminal as a list (tests and tools; the daemon streams ``terminal_chunks``)."""
+        return [t async for chunk in self.terminal_chunks() for t in chunk]
 
-    def iter_terminals(self) -> Iterator[TerminalRecord]:
-        """Every terminal, streamed LOAD_CHUNK rows at a time, for the start-up restore.
+    async def terminal_chunks(self) -> AsyncIterator[Sequence[TerminalRecord]]:
+        """Every terminal, LOAD_CHUNK rows at a time, read on a connection of its own.
 
-        Synchronous on purpose, on its own read-only connection: at start the event loop
-        has nothing else to do, and streaming lets the engine turn each chunk into its
-        compact state while only one chunk of records exists, so a million-terminal
-        restore neither builds a million transient records nor leaves their memory behind.
-        The cyclic GC is paused meanwhile (see ``_gc_paused``).
+        Each chunk is read in a worker thread, with the database memory-mapped (pages
+        straight from the OS cache); its records are built as the engine iterates it.
         """
         self._check_open()
+
+        def connect() -> sqlite3.Connection:
+            conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True, check_same_thread=False)
+            conn.execute("PRAGMA mmap_size = 4294967296")
+            return conn
+
+        def next_chunk(cursor: sqlite3.Cursor) -> TerminalChunk:
+            return TerminalChunk(cursor.fetchmany(LOAD_CHUNK))
+
         try:
-            conn = sqlite3.connect(f"file:{self._path}?mode=ro", uri=True)
-            conn.execute("PRAGMA mmap_size = 4294967296")  # read pages straight from the OS cache
+            conn = await asyncio.to_thread(connect)
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed on {self._path}: {exc}") from exc
         try:
-            with _gc_paused():
-                cursor = conn.execute(f"SELECT {_cols(TERMINAL_COLUMNS)} FROM terminals")
-                while chunk := cursor.fetchmany(LOAD_CHUNK):
-                    yield from map(_terminal, chunk)
+            cursor = conn.execute(f"SELECT {_cols(TERMINAL_COLUMNS)} FROM terminals")
+            while chunk := await asyncio.to_thread(next_chunk, cursor):
+                yield chunk
         except sqlite3.Error as exc:
             raise StoreError(f"store read failed on {self._path}: {exc}") from exc
         finally:
@@ -757,7 +510,7 @@ class SqliteStore:
             f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents "
             "WHERE status <> 'resolved' ORDER BY opened_at, id"
         )
-        return [_incident(r) for r in rows]
+        return [incident_of(r) for r in rows]
 
     async def load_open_batches(self) -> list[BatchRecord]:
         """Batches not yet done (still reconciling), by (terminal_id, batch_no, currency)."""
@@ -765,7 +518,7 @@ class SqliteStore:
             f"SELECT {_cols(BATCH_COLUMNS)} FROM batches "
             "WHERE done = FALSE ORDER BY terminal_id, batch_no, currency"
         )
-        return [_batch(r) for r in rows]
+        return [batch_of(r) for r in rows]
 
     async def load_recent_txn_keys(self, limit: int) -> list[tuple[str, str]]:
         """(terminal_id, txn_id) of the ``limit`` most recently received transactions.
@@ -793,22 +546,15 @@ class SqliteStore:
         limit: int = 100,
         cursor: str | None = None,
     ) -> tuple[list[Incident], str | None]:
-        """One page of incidents, newest first by (opened_at, id), and the next page's cursor.
-
-        ``status``: open (includes acknowledged) | acknowledged | resolved | all. Keyset
-        pagination: a page is stable under inserts of newer incidents. BadRequest for an
-        unknown status, a limit outside 1..MAX_PAGE or a cursor we did not issue.
-        """
-        _check_limit(limit)
+        """One page of incidents, newest first by (opened_at, id), and the next page's cursor."""
+        paging.check_limit(limit)
         where, params = _status_filter(status)
-        for column, value in (
-            ("kind", kind), ("terminal_id", terminal_id), ("merchant_id", merchant_id), ("scope", scope),
-        ):
+        for column, value in zip(paging.INCIDENT_FILTERS, (kind, terminal_id, merchant_id, scope), strict=True):
             if value is not None:
                 where.append(f"{column} = ?")
                 params.append(value)
         if cursor is not None:
-            opened_at, incident_id = _decode_incident_cursor(cursor)
+            opened_at, incident_id = paging.decode_incident_cursor(cursor)
             where.append("opened_at <= ? AND (opened_at < ? OR id < ?)")
             params += [opened_at, opened_at, incident_id]
         sql = (
@@ -816,15 +562,15 @@ class SqliteStore:
             "ORDER BY opened_at DESC, id DESC LIMIT ?"
         )
         rows = await self._fetchall(sql, [*params, limit + 1])
-        items = [_incident(r) for r in rows[:limit]]
+        items = [incident_of(r) for r in rows[:limit]]
         more = len(rows) > limit
-        return items, (_incident_cursor(items[-1].opened_at, items[-1].id) if more else None)
+        return items, (paging.incident_cursor(items[-1].opened_at, items[-1].id) if more else None)
 
     async def get_incident(self, incident_id: str) -> Incident | None:
         rows = await self._fetchall(
             f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE id = ?", (incident_id,)
         )
-        return _incident(rows[0]) if rows else None
+        return incident_of(rows[0]) if rows else None
 
     async def incident_events(self, incident_id: str) -> list[IncidentEvent]:
         """An incident's audit trail in the order it was written."""
@@ -832,19 +578,19 @@ class SqliteStore:
             f"SELECT {_cols(EVENT_COLUMNS)} FROM incident_events WHERE incident_id = ? ORDER BY id",
             (incident_id,),
         )
-        return [_event(r) for r in rows]
+        return [event_of(r) for r in rows]
 
     async def get_terminal(self, terminal_id: str) -> TerminalRecord | None:
         rows = await self._fetchall(
             f"SELECT {_cols(TERMINAL_COLUMNS)} FROM terminals WHERE terminal_id = ?", (terminal_id,)
         )
-        return _terminal(rows[0]) if rows else None
+        return terminal_of(rows[0]) if rows else None
 
     async def list_terminals(
         self, *, merchant_id: str | None = None, limit: int = 100, cursor: str | None = None
     ) -> tuple[list[TerminalRecord], str | None]:
         """One page of terminals in terminal_id order, and the next page's cursor."""
-        _check_limit(limit)
+        paging.check_limit(limit)
         where: list[str] = []
         params: list[Any] = []
         if merchant_id is not None:
@@ -852,12 +598,12 @@ class SqliteStore:
             params.append(merchant_id)
         if cursor is not None:
             where.append("terminal_id > ?")
-            params.append(_decode_terminal_cursor(cursor))
+            params.append(paging.decode_terminal_cursor(cursor))
         sql = f"SELECT {_cols(TERMINAL_COLUMNS)} FROM terminals{_where(where)} ORDER BY terminal_id LIMIT ?"
         rows = await self._fetchall(sql, [*params, limit + 1])
-        items = [_terminal(r) for r in rows[:limit]]
+        items = [terminal_of(r) for r in rows[:limit]]
         more = len(rows) > limit
-        return items, (_encode_cursor({"t": items[-1].terminal_id}) if more else None)
+        return items, (paging.terminal_cursor(items[-1].terminal_id) if more else None)
 
     async def count_terminals(self) -> int:
         rows = await self._fetchall("SELECT COUNT(*) FROM terminals")
@@ -870,16 +616,16 @@ class SqliteStore:
         rows = await self._fetchall(
             f"SELECT {_cols(DEAD_LETTER_COLUMNS)} FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,)
         )
-        return [_dead_letter(r) for r in rows]
+        return [dead_letter_of(r) for r in rows]
 
     async def batches_for(
         self, merchant_id: str, business_date: str | None = None, terminal_id: str | None = None
     ) -> list[BatchRecord]:
         """A merchant's batches for the reconciliation view, by (terminal_id, batch_no, currency).
 
-        ``business_date`` (``YYYY-MM-DD``) matches :func:`business_day`: the settlement's
-        business date when settled, else the UTC date of the first approved transaction
-        (terminal clock), else of the BatchClose.
+        ``business_date`` (``YYYY-MM-DD``) matches ``storage.rows.business_day``: the
+        settlement's business date when settled, else the UTC date of the first approved
+        transaction (terminal clock), else of the BatchClose.
         """
         where = ["merchant_id = ?"]
         params: list[Any] = [merchant_id]
@@ -894,7 +640,7 @@ class SqliteStore:
             "ORDER BY terminal_id, batch_no, currency",
             params,
         )
-        return [_batch(r) for r in rows]
+        return [batch_of(r) for r in rows]
 
 
     # ---- merchant notices and generated secrets (migration 0002) -------------------------
@@ -903,7 +649,8 @@ class SqliteStore:
         """(terminal_id, merchant_id) each open upstream incident is built on (for the restore)."""
         rows = await self._fetchall(
             "SELECT u.incident_id, u.terminal_id, u.merchant_id FROM upstream_terminals u "
-            "JOIN incidents i ON i.id = u.incident_id WHERE i.status <> 'resolved' ORDER BY u.incident_id"
+            "JOIN incidents i ON i.id = u.incident_id WHERE i.status <> 'resolved' "
+            "ORDER BY u.incident_id, u.terminal_id"
         )
         out: dict[str, list[tuple[str, str | None]]] = {}
         for incident_id, terminal_id, merchant_id in rows:
@@ -911,17 +658,18 @@ class SqliteStore:
         return out
 
     async def load_terminal_notices(self, *, shown_only: bool = False) -> list[TerminalNoticeWrite]:
-        """What the broker last acknowledged per terminal (payload None: cleared).
+        """What the broker last acknowledged per terminal (payload None: cleared), by terminal_id.
 
         ``shown_only``: only screens with something on them (a screen given ``items: []``
         looks like one never given anything), so a restart does not load a row for every
         terminal that ever had a notice.
         """
-        where = " WHERE payload IS NOT NULL AND payload NOT LIKE '%\"items\":[]%'" if shown_only else ""
+        where, params = ((" WHERE payload IS NOT NULL AND instr(payload, ?) = 0", (SHOWN_NOTICE,))
+                         if shown_only else ("", ()))
         rows = await self._fetchall(
-            f"SELECT terminal_id, merchant_id, payload, published_at FROM terminal_notices{where} ORDER BY terminal_id"
+            f"SELECT {_cols(TERMINAL_NOTICE_COLUMNS)} FROM terminal_notices{where} ORDER BY terminal_id", params
         )
-        return [TerminalNoticeWrite(*r) for r in rows]
+        return [terminal_notice_of(r) for r in rows]
 
     async def merchant_notice_incidents(
         self, merchant_id: str, resolved_since: float,
@@ -937,7 +685,7 @@ class SqliteStore:
             f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE merchant_id = ? AND {recent}",
             (merchant_id, resolved_since),
         )
-        found = {i.id: i for i in map(_incident, rows)}
+        found = {i.id: i for i in map(incident_of, rows)}
         member_rows = await self._fetchall(
             "SELECT u.incident_id, u.terminal_id FROM upstream_terminals u JOIN incidents i "
             "ON i.id = u.incident_id WHERE u.merchant_id = ? AND (i.status <> 'resolved' OR i.resolved_at >= ?)",
@@ -950,11 +698,11 @@ class SqliteStore:
         for _ in range(8):  # ancestors: terminal -> merchant -> group -> fleet, and previous_id
             if not wanted:
                 break
-            marks = ", ".join("?" * len(wanted))
             rows = await self._fetchall(
-                f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE id IN ({marks})", sorted(wanted)
+                f"SELECT {_cols(INCIDENT_COLUMNS)} FROM incidents WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps(sorted(wanted)),),
             )
-            for inc in map(_incident, rows):
+            for inc in map(incident_of, rows):
                 found[inc.id] = inc
             wanted = {
                 ref for inc in found.values() for ref in (inc.parent_id, inc.previous_id)
@@ -962,17 +710,13 @@ class SqliteStore:
             }
         return list(found.values()), members
 
-    # ---- the terminal lifecycle (migration 0003) ------------------------------------------
-
     async def load_acquirer_statuses(self) -> list[AcquirerStatus]:
-        """Every acquirer status kept, applied or waiting for its terminal, by terminal_id."""
         rows = await self._fetchall(f"SELECT {_cols(STATUS_COLUMNS)} FROM terminal_statuses ORDER BY terminal_id")
-        return [_status(r) for r in rows]
+        return [status_of(r) for r in rows]
 
     async def load_merchant_hours(self) -> list[MerchantHoursRecord]:
-        """Every merchant's learned and configured hours, by merchant_id."""
         rows = await self._fetchall(f"SELECT {_cols(HOURS_COLUMNS)} FROM merchant_hours ORDER BY merchant_id")
-        return [_hours(r) for r in rows]
+        return [hours_of(r) for r in rows]
 
     async def secret(self, name: str, candidate: str) -> str:
         """The stored secret ``name``; stores ``candidate`` first if there is none (shared by all instances)."""
@@ -995,10 +739,9 @@ def _where(terms: Sequence[str]) -> str:
 
 def _status_filter(status: str) -> tuple[list[str], list[Any]]:
     """The WHERE term for a status filter; ``open`` is spelled like the partial indexes."""
+    paging.check_status(status)
     if status == "open":
         return ["status <> 'resolved'"], []
     if status in ("acknowledged", "resolved"):
         return ["status = ?"], [status]
-    if status == "all":
-        return [], []
-    raise BadRequest(f"status must be one of {', '.join(INCIDENT_STATUS_FILTERS)}")
+    return [], []

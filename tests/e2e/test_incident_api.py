@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.publish import Publisher, heartbeat, publisher, txn
-from tests.services import Broker, Daemon, wait_until
+from tests.services import BOTH_BACKENDS, Broker, Daemon, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -221,6 +221,7 @@ def test_list_filters_by_status_kind_terminal_and_merchant(api: tuple[Daemon, Pu
     assert daemon.incidents(merchant_id="MA-1", status="resolved") == []
 
 
+@BOTH_BACKENDS
 def test_cursor_paging_is_disjoint_newest_first_complete_and_stable(api: tuple[Daemon, Publisher]) -> None:
     """30 tamper incidents at limit=7: five pages of 7, 7, 7, 7 and 2, disjoint, newest first
     (the reverse of the order the terminals reported), covering all 30; an incident opened while
@@ -255,6 +256,7 @@ def test_cursor_paging_is_disjoint_newest_first_complete_and_stable(api: tuple[D
 # ---- one incident: get, ack, resolve, reopen, audit trail -----------------------------------------
 
 
+@BOTH_BACKENDS
 def test_ack_then_manual_resolve_while_failing_reopens_with_previous_id(api: tuple[Daemon, Publisher]) -> None:
     """GET one incident; ack -> acknowledged, still listed as open; resolve while the tamper persists
     -> resolved (acking or resolving it again returns it unchanged); the terminal's next tamper

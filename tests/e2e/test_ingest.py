@@ -12,16 +12,11 @@ from pathlib import Path
 import pytest
 
 from tests.publish import Publisher, batch, heartbeat, publisher, settlement, state, txn
-from tests.services import Broker, Daemon, wait_until
+from tests.services import BOTH_BACKENDS, Broker, Daemon, wait_until
 
 pytestmark = pytest.mark.broker
 
 PAN = "4111111111111111"  # a Luhn-valid test card number
-
-
-def db_rows(path: Path, sql: str) -> list[tuple[object, ...]]:
-    with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as conn:
-        return list(conn.execute(sql))
 
 
 def terminal_or_none(daemon: Daemon, tid: str) -> dict[str, object] | None:
@@ -35,6 +30,7 @@ def terminal_or_none(daemon: Daemon, tid: str) -> dict[str, object] | None:
     return found
 
 
+@BOTH_BACKENDS
 def test_every_payload_type_is_applied_and_counted(daemon: Daemon, broker: Broker) -> None:
     """Each of the five message types is accepted, counted by type and lands in state or store."""
     daemon.start()
@@ -49,11 +45,15 @@ def test_every_payload_type_is_applied_and_counted(daemon: Daemon, broker: Broke
     term = wait_until(lambda: terminal_or_none(daemon, "T1"), what="terminal T1")
     assert (term["merchant_id"], term["model"], term["fw"], term["seq"]) == ("M9", "P60", "3.0.2", 5)
     assert daemon.stop() == 0
-    assert db_rows(daemon.db_path, "select terminal_id, txn_id, amount_minor from transactions") == [
+    assert daemon.rows("select terminal_id, txn_id, amount_minor from transactions") == [
         ("T1", "T1-0001", 12800)
     ]
-    assert len(db_rows(daemon.db_path, "select * from settlements")) == 1
-    assert db_rows(daemon.db_path, "select model, fw from terminals where terminal_id='T1'") == [("P60", "3.0.2")]
+    assert len(daemon.rows("select * from settlements")) == 1
+    if daemon.store_url is not None:  # the PostgreSQL password is in the URL, never in the logs
+        password = daemon.store_url.split(":")[2].split("@")[0]
+        assert password not in daemon.logs()
+        assert "**********" in daemon.logs()
+    assert daemon.rows("select model, fw from terminals where terminal_id='T1'") == [("P60", "3.0.2")]
 
 
 BAD_MESSAGES: list[tuple[str, str, str | bytes]] = [
@@ -81,7 +81,7 @@ def test_each_rejection_reason_is_counted_kept_and_applies_nothing(daemon: Daemo
     assert terminal_or_none(daemon, "R1") is None
     assert terminal_or_none(daemon, "R2") is None
     assert daemon.stop() == 0
-    letters = db_rows(daemon.db_path, "select reason, payload_excerpt from dead_letters order by id")
+    letters = daemon.rows("select reason, payload_excerpt from dead_letters order by id")
     excerpts = {str(reason): excerpt for reason, excerpt in letters}
     assert sorted(excerpts) == sorted(r for r, _, _ in BAD_MESSAGES)
     assert excerpts["pan"] is None
@@ -106,9 +106,10 @@ def test_pan_appears_nowhere_and_long_ids_are_not_pans(daemon: Daemon, broker: B
             assert PAN.encode() not in content, file.name
             assert b"4111-1111-1111-1111" not in content, file.name
     assert "P1" in daemon.logs()  # the rejection was logged, with its topic
-    assert db_rows(daemon.db_path, "select txn_id from transactions") == [("P2-000000000000913",)]
+    assert daemon.rows("select txn_id from transactions") == [("P2-000000000000913",)]
 
 
+@BOTH_BACKENDS
 def test_redelivered_txn_after_restart_is_stored_and_tallied_once(daemon: Daemon, broker: Broker) -> None:
     """A QoS 1 txn queued while the daemon was down arrives once; its repeat after restart is not re-applied."""
     daemon.start()
@@ -120,8 +121,8 @@ def test_redelivered_txn_after_restart_is_stored_and_tallied_once(daemon: Daemon
         pub.send("term/D1/txn", txn("D1", "D1-7", amount_minor=500))  # the same txn_id again
         wait_until(lambda: daemon.metric("fleetwatch_messages_received_total", type="txn") == 2, what="repeat")
     assert daemon.stop() == 0
-    assert db_rows(daemon.db_path, "select count(*) from transactions") == [(1,)]
-    assert db_rows(daemon.db_path, "select tally_count, tally_amount_minor from batches") == [(1, 500)]
+    assert daemon.rows("select count(*) from transactions") == [(1,)]
+    assert daemon.rows("select tally_count, tally_amount_minor from batches") == [(1, 500)]
 
 
 def test_broker_restart_is_survived_without_restarting_the_daemon(tmp_path: Path, prefix: str) -> None:
@@ -148,6 +149,7 @@ def test_broker_restart_is_survived_without_restarting_the_daemon(tmp_path: Path
         own.stop()
 
 
+@BOTH_BACKENDS
 def test_sigterm_in_flight_loses_nothing_acknowledged(daemon: Daemon, broker: Broker) -> None:
     """SIGTERM amid a QoS 1 burst exits 0 quickly; after a restart every txn is stored exactly once."""
     total = 3000
@@ -162,14 +164,15 @@ def test_sigterm_in_flight_loses_nothing_acknowledged(daemon: Daemon, broker: Br
         assert time.monotonic() - started < 5
         pub.flush()  # the broker has every message (queued for our persistent session if unacknowledged)
         daemon.start()
-        wait_until(lambda: db_rows(daemon.db_path, "select count(*) from transactions") == [(total,)],
+        wait_until(lambda: daemon.rows("select count(*) from transactions") == [(total,)],
                    timeout=30, what="all txns stored")
     finally:
         pub.close()
     assert daemon.stop() == 0
-    assert db_rows(daemon.db_path, "select count(distinct txn_id), count(*) from transactions") == [(total, total)]
+    assert daemon.rows("select count(distinct txn_id), count(*) from transactions") == [(total, total)]
 
 
+@BOTH_BACKENDS
 def test_state_survives_a_kill(daemon: Daemon, broker: Broker) -> None:
     """After SIGKILL, the restarted daemon still knows the terminals it had seen (loaded from the store)."""
     daemon.start()
@@ -206,5 +209,5 @@ def test_store_that_cannot_be_written_stops_the_daemon_with_an_error(daemon: Dae
     assert [(f["level"], f["exit_code"]) for f in fatal] == [("error", 3)], daemon.logs()[-2000:]
     assert "store write failed" in fatal[0]["event"]
     daemon.start()  # restarted: the unacknowledged txn is redelivered by the broker and stored
-    wait_until(lambda: db_rows(daemon.db_path, "select txn_id from transactions") == [("L1-1",)],
+    wait_until(lambda: daemon.rows("select txn_id from transactions") == [("L1-1",)],
                what="redelivered txn stored")

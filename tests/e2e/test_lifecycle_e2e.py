@@ -2,6 +2,7 @@
 daemon, a real broker, the real store, the acquirer's statuses published retained as its host does.
 
 Heartbeats every 0.5 s (silent after 1.5 s) keep each test short; time in the daemon is real.
+The tests that restart the daemon to show what the store kept run on SQLite and on PostgreSQL.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from tests.publish import Publisher, heartbeat, now_ms, publisher, settlement, txn
-from tests.services import Broker, Daemon, wait_until
+from tests.services import BOTH_BACKENDS, Broker, Daemon, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -100,6 +101,7 @@ def beater(broker: Broker, prefix: str) -> Iterator[Beater]:
             b.stop()
 
 
+@BOTH_BACKENDS
 def test_suspension_records_the_decision_and_silences_nothing_but_what_it_explains(
     daemon: Daemon, broker: Broker,
 ) -> None:
@@ -265,6 +267,7 @@ def test_merchant_maintenance_and_a_terminal_that_moves(daemon: Daemon, broker: 
             e["detail"] for e in events]
 
 
+@BOTH_BACKENDS
 def test_hours_api_shapes_and_refusals(daemon: Daemon) -> None:
     """GET of a merchant never seen: source none; PUT configured hours, GET them back; a bad body is a
     422 naming what is wrong; DELETE returns to learning (none again here)."""

@@ -23,7 +23,7 @@ import pytest
 from fleetwatch.core.links import sign
 from tests.publish import Publisher, heartbeat
 from tests.screens import screens
-from tests.services import Broker, Daemon, free_port, wait_until
+from tests.services import BOTH_BACKENDS, Broker, Daemon, free_port, wait_until
 
 pytestmark = pytest.mark.broker
 
@@ -99,6 +99,7 @@ def test_a_printer_problem_on_the_screen_and_over_the_api(daemon: Daemon, broker
         assert daemon.get("/api/v1/merchants/NOBODY/notices")["items"] == []
 
 
+@BOTH_BACKENDS
 def test_after_a_restart_only_what_differs_is_published(daemon: Daemon, broker: Broker) -> None:
     """Same settings: nothing is published again. Another terminal language: republished.
     publish_to_terminals = false: the retained notice is cleared (zero-length)."""
@@ -218,10 +219,14 @@ def test_the_merchant_listener_serves_the_page_and_nothing_else(daemon: Daemon, 
     assert status_of(link["url"])[0] == 200
 
 
+@BOTH_BACKENDS
 def test_the_api_token_is_generated_once_into_the_store(daemon: Daemon, tmp_path: Path) -> None:
     """An empty http.api_token: generated at first start and kept in the store, so it is the same
-    after a restart (and rewritten to the token file each time)."""
+    after a restart (and rewritten to the token file each time: beside a SQLite file, or where
+    http.token_file says)."""
     daemon.token = ""
+    if daemon.store_url is not None:
+        daemon.overrides = {"http": {"token_file": str(daemon.workdir / "api-token")}}
     daemon.start(wait_ready=False)
     token_file = daemon.workdir / "api-token"
     wait_until(lambda: token_file.exists() and token_file.read_text().strip(), what="token file")

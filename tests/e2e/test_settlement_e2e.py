@@ -450,12 +450,15 @@ def test_a_day_of_traffic_gives_exactly_the_ten_gaps_and_late_money_resolves_the
     assert final_set(every) == expected_set(day)
 
 
-@pytest.mark.parametrize("kill_point", ["mid_txns", "after_short_settlements"])
+@pytest.mark.parametrize(("backend", "kill_point"),
+                         [("sqlite", "mid_txns"), ("sqlite", "after_short_settlements"), ("postgresql", "mid_txns")],
+                         indirect=["backend"])
 def test_sigkill_in_the_middle_of_the_day_changes_nothing(daemon: Daemon, broker: Broker, kill_point: str) -> None:
     """The same seeded day with the daemon SIGKILLed in the middle (mid-ingest of the day's
     transactions, or once the short settlements have opened their gaps) and restarted, with
     traffic queued by the broker while it was down: the ten gaps, their causes and money are
-    exactly the uninterrupted run's, the late news resolves them, and no gap has a twin."""
+    exactly the uninterrupted run's, the late news resolves them, and no gap has a twin. Also on
+    PostgreSQL: ingest, gaps, the gaps API and restore after SIGKILL through the other backend."""
     day = build_day()
     configure(daemon)
     daemon.start()

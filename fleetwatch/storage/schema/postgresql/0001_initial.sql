@@ -1,60 +1,62 @@
--- 0001_initial: the first fleetwatch schema.
+-- 0001_initial: the first fleetwatch schema (PostgreSQL).
 --
--- Plain SQL that a PostgreSQL store can copy almost verbatim: DOUBLE PRECISION for
--- epoch-second floats (PostgreSQL's REAL is single precision), BIGINT for epoch
--- milliseconds and money in minor units, BOOLEAN for flags (SQLite stores 0/1), partial
--- indexes, ON CONFLICT upserts in the code. The one SQLite-specific spelling is
--- "id INTEGER PRIMARY KEY" (the rowid alias); PostgreSQL would say
--- "id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY".
+-- The same tables, columns (in the same order), keys and indexes as
+-- schema/sqlite/0001_initial.sql, in PostgreSQL's spelling:
+-- - generated ids are identity columns (SQLite: the rowid alias "INTEGER PRIMARY KEY");
+-- - every text column is COLLATE "C": keys compare and sort by code point, as SQLite's
+--   BINARY collation does, whatever locale the database was created with, so listings
+--   and cursors are identical on both backends (and "T-1" sorts the same everywhere);
+-- - the tables rewritten in place all day (terminals, batches, incidents) leave 30 % of
+--   each page free, so an update that changes no indexed column stays on its page
+--   (a HOT update: no index entry to add, less for autovacuum to clean up).
 --
--- Column order of terminals, transactions, batches and incidents follows the field order
--- of TerminalRecord, TxnRecord, BatchRecord and Incident in fleetwatch/core/model.py:
--- the store builds rows and records positionally (tests check the two stay in step).
+-- Column order follows the field order of TerminalRecord, TxnRecord, BatchRecord and
+-- Incident in fleetwatch/core/model.py (the store contract tests check it).
 
 CREATE TABLE terminals (
-    terminal_id        TEXT PRIMARY KEY,
-    merchant_id        TEXT,
-    model              TEXT,
-    fw                 TEXT,
-    app                TEXT,
-    serial             TEXT,
-    net_type           TEXT,
+    terminal_id        TEXT COLLATE "C" PRIMARY KEY,
+    merchant_id        TEXT COLLATE "C",
+    model              TEXT COLLATE "C",
+    fw                 TEXT COLLATE "C",
+    app                TEXT COLLATE "C",
+    serial             TEXT COLLATE "C",
+    net_type           TEXT COLLATE "C",
     last_seen          DOUBLE PRECISION,
     last_heartbeat_at  DOUBLE PRECISION,
     last_ts_ms         BIGINT,
     seq                BIGINT,
     uptime_s           BIGINT,
     reboots            INTEGER NOT NULL DEFAULT 0,
-    state              TEXT NOT NULL DEFAULT 'online',
+    state              TEXT COLLATE "C" NOT NULL DEFAULT 'online',
     state_at           DOUBLE PRECISION,
     battery_pct        INTEGER,
     charging           BOOLEAN,
     rssi_dbm           INTEGER,
-    printer            TEXT,
+    printer            TEXT COLLATE "C",
     reader_fault       BOOLEAN NOT NULL DEFAULT FALSE,
     saf_pending        INTEGER,
     saf_oldest_ts_ms   BIGINT,
     tamper             BOOLEAN NOT NULL DEFAULT FALSE,
     maintenance_until  DOUBLE PRECISION
-);
+) WITH (fillfactor = 70);
 -- The API lists a merchant's terminals in terminal_id order.
 CREATE INDEX terminals_merchant ON terminals (merchant_id, terminal_id);
 
 CREATE TABLE transactions (
-    terminal_id          TEXT NOT NULL,
-    txn_id               TEXT NOT NULL,
-    merchant_id          TEXT NOT NULL,
+    terminal_id          TEXT COLLATE "C" NOT NULL,
+    txn_id               TEXT COLLATE "C" NOT NULL,
+    merchant_id          TEXT COLLATE "C" NOT NULL,
     batch_no             BIGINT NOT NULL,
-    currency             TEXT NOT NULL,
-    type                 TEXT NOT NULL,
-    outcome              TEXT NOT NULL,
+    currency             TEXT COLLATE "C" NOT NULL,
+    type                 TEXT COLLATE "C" NOT NULL,
+    outcome              TEXT COLLATE "C" NOT NULL,
     amount_minor         BIGINT NOT NULL,
     ts_ms                BIGINT NOT NULL,
     received_at          DOUBLE PRECISION NOT NULL,
-    rc                   TEXT,
-    entry                TEXT,
-    error_stage          TEXT,
-    orig_txn_id          TEXT,
+    rc                   TEXT COLLATE "C",
+    entry                TEXT COLLATE "C",
+    error_stage          TEXT COLLATE "C",
+    orig_txn_id          TEXT COLLATE "C",
     signed_amount_minor  BIGINT NOT NULL DEFAULT 0,
     -- txn_id is unique per terminal (CONTRACT.md §1): a QoS 1 redelivery is stored once.
     PRIMARY KEY (terminal_id, txn_id)
@@ -65,10 +67,10 @@ CREATE INDEX transactions_received ON transactions (received_at);
 CREATE INDEX transactions_batch ON transactions (terminal_id, batch_no, currency);
 
 CREATE TABLE batches (
-    terminal_id           TEXT NOT NULL,
+    terminal_id           TEXT COLLATE "C" NOT NULL,
     batch_no              BIGINT NOT NULL,
-    currency              TEXT NOT NULL,
-    merchant_id           TEXT NOT NULL,
+    currency              TEXT COLLATE "C" NOT NULL,
+    merchant_id           TEXT COLLATE "C" NOT NULL,
     tally_count           BIGINT NOT NULL DEFAULT 0,
     tally_amount_minor    BIGINT NOT NULL DEFAULT 0,
     first_approved_at     DOUBLE PRECISION,
@@ -77,33 +79,33 @@ CREATE TABLE batches (
     closed_at             DOUBLE PRECISION,
     close_count           BIGINT,
     close_amount_minor    BIGINT,
-    close_result          TEXT,
+    close_result          TEXT COLLATE "C",
     close_ts_ms           BIGINT,
     settled_at            DOUBLE PRECISION,
     settled_count         BIGINT,
     settled_amount_minor  BIGINT,
-    business_date         TEXT,
+    business_date         TEXT COLLATE "C",
     credited_at_ms        BIGINT,
     watch                 BOOLEAN NOT NULL DEFAULT FALSE,
     done                  BOOLEAN NOT NULL DEFAULT FALSE,
     -- Derived by the store on every write, so the reconciliation view can filter by day
     -- with an index: the settlement's business_date when settled, else the UTC date of
     -- the first approved txn (terminal clock), else the UTC date of the BatchClose.
-    business_day          TEXT,
+    business_day          TEXT COLLATE "C",
     PRIMARY KEY (terminal_id, batch_no, currency)
-);
+) WITH (fillfactor = 70);
 -- Restore loads only the batches still under watch.
 CREATE INDEX batches_open ON batches (terminal_id, batch_no, currency) WHERE done = FALSE;
 -- The reconciliation view: one merchant's batches of one business day, in key order.
 CREATE INDEX batches_merchant_day ON batches (merchant_id, business_day, terminal_id, batch_no, currency);
 
 CREATE TABLE settlements (
-    id                    INTEGER PRIMARY KEY,
-    terminal_id           TEXT NOT NULL,
-    merchant_id           TEXT NOT NULL,
+    id                    BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    terminal_id           TEXT COLLATE "C" NOT NULL,
+    merchant_id           TEXT COLLATE "C" NOT NULL,
     batch_no              BIGINT NOT NULL,
-    currency              TEXT NOT NULL,
-    business_date         TEXT NOT NULL,
+    currency              TEXT COLLATE "C" NOT NULL,
+    business_date         TEXT COLLATE "C" NOT NULL,
     settled_count         BIGINT NOT NULL,
     settled_amount_minor  BIGINT NOT NULL,
     credited_at_ms        BIGINT NOT NULL,
@@ -112,27 +114,27 @@ CREATE TABLE settlements (
 CREATE INDEX settlements_batch ON settlements (terminal_id, batch_no, currency);
 
 CREATE TABLE incidents (
-    id              TEXT PRIMARY KEY,
-    key             TEXT NOT NULL,
-    kind            TEXT NOT NULL,
-    cause           TEXT NOT NULL,
-    scope           TEXT NOT NULL CHECK (scope IN ('terminal', 'merchant', 'group', 'fleet')),
-    severity        TEXT NOT NULL CHECK (severity IN ('info', 'minor', 'major', 'critical')),
-    status          TEXT NOT NULL CHECK (status IN ('open', 'acknowledged', 'resolved')),
+    id              TEXT COLLATE "C" PRIMARY KEY,
+    key             TEXT COLLATE "C" NOT NULL,
+    kind            TEXT COLLATE "C" NOT NULL,
+    cause           TEXT COLLATE "C" NOT NULL,
+    scope           TEXT COLLATE "C" NOT NULL CHECK (scope IN ('terminal', 'merchant', 'group', 'fleet')),
+    severity        TEXT COLLATE "C" NOT NULL CHECK (severity IN ('info', 'minor', 'major', 'critical')),
+    status          TEXT COLLATE "C" NOT NULL CHECK (status IN ('open', 'acknowledged', 'resolved')),
     opened_at       DOUBLE PRECISION NOT NULL,
     updated_at      DOUBLE PRECISION NOT NULL,
-    summary         TEXT NOT NULL,
-    terminal_id     TEXT,
-    merchant_id     TEXT,
-    group_json      TEXT,
+    summary         TEXT COLLATE "C" NOT NULL,
+    terminal_id     TEXT COLLATE "C",
+    merchant_id     TEXT COLLATE "C",
+    group_json      TEXT COLLATE "C",
     resolved_at     DOUBLE PRECISION,
     acknowledged_at DOUBLE PRECISION,
-    parent_id       TEXT,
+    parent_id       TEXT COLLATE "C",
     suppressed      BOOLEAN NOT NULL DEFAULT FALSE,
-    previous_id     TEXT,
-    evidence_json   TEXT NOT NULL DEFAULT '{}',
+    previous_id     TEXT COLLATE "C",
+    evidence_json   TEXT COLLATE "C" NOT NULL DEFAULT '{}',
     clearing_since  DOUBLE PRECISION
-);
+) WITH (fillfactor = 70);
 -- The contract's rule "one open incident per key", enforced by the store as well as by
 -- the engine: a write that would open a second one fails as a whole.
 CREATE UNIQUE INDEX incidents_open_key ON incidents (key) WHERE status <> 'resolved';
@@ -147,19 +149,19 @@ CREATE INDEX incidents_kind ON incidents (kind, opened_at, id);
 CREATE INDEX incidents_status ON incidents (status, opened_at, id);
 
 CREATE TABLE incident_events (
-    id           INTEGER PRIMARY KEY,
-    incident_id  TEXT NOT NULL REFERENCES incidents (id),
+    id           BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    incident_id  TEXT COLLATE "C" NOT NULL REFERENCES incidents (id),
     at           DOUBLE PRECISION NOT NULL,
-    type         TEXT NOT NULL,
-    detail_json  TEXT NOT NULL DEFAULT '{}'
+    type         TEXT COLLATE "C" NOT NULL,
+    detail_json  TEXT COLLATE "C" NOT NULL DEFAULT '{}'
 );
 CREATE INDEX incident_events_incident ON incident_events (incident_id, id);
 
 CREATE TABLE dead_letters (
-    id               INTEGER PRIMARY KEY,
+    id               BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     received_at      DOUBLE PRECISION NOT NULL,
-    topic            TEXT NOT NULL,
-    reason           TEXT NOT NULL,
-    detail           TEXT NOT NULL,
-    payload_excerpt  TEXT
+    topic            TEXT COLLATE "C" NOT NULL,
+    reason           TEXT COLLATE "C" NOT NULL,
+    detail           TEXT COLLATE "C" NOT NULL,
+    payload_excerpt  TEXT COLLATE "C"
 );

@@ -1,0 +1,25 @@
+-- 0004_lifecycle: the terminal lifecycle (CONTRACT v1.1 §7 and §8).
+
+-- The acquirer's status of each terminal it spoke of, also of terminals not seen yet (applied
+-- when they appear). ts_ms orders statuses: an older one is ignored.
+CREATE TABLE terminal_statuses (
+    terminal_id      TEXT PRIMARY KEY,
+    acquirer_status  TEXT NOT NULL CHECK (acquirer_status IN ('active', 'suspended', 'closed')),
+    reason           TEXT,
+    note             TEXT,
+    since            DOUBLE PRECISION,
+    ts_ms            BIGINT,
+    merchant_id      TEXT,
+    received_at      DOUBLE PRECISION
+);
+
+-- Each merchant's operating hours: what was learned (the packed history of whole days as hex,
+-- written with learn_days; the day in progress) and the operator's configured weekly hours (JSON).
+CREATE TABLE merchant_hours (
+    merchant_id  TEXT PRIMARY KEY,
+    learned      TEXT,
+    learn_days   INTEGER NOT NULL,
+    day          BIGINT NOT NULL,
+    today        BIGINT NOT NULL,
+    configured   TEXT
+);
