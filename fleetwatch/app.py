@@ -227,7 +227,8 @@ async def _run_with_store(
 
     calendar = calendar_of(settings)
     notices = MerchantNotices(store, catalogues, notice_context(settings), calendar,
-                              recent_hours=settings.notice.recent_hours, default_lang=settings.notice.default_lang)
+                              recent_hours=settings.notice.recent_hours, default_lang=settings.notice.default_lang,
+                              zone_of=engine.merchant_zone)
     links = NoticeLinks(await link_key(settings, store), notice_base_url(settings), calendar)
     app = build_app(
         token=await api_token(settings, store), exposition=metrics.exposition, reads=store, decisions=engine,

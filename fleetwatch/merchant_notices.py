@@ -8,8 +8,9 @@ and a store protocol, never an adapter (app.py wires the real store in).
 from __future__ import annotations
 
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import tzinfo
 from typing import Any, Protocol
 
 from fleetwatch.core.calendar import Calendar
@@ -33,18 +34,25 @@ class MerchantNotices:
 
     def __init__(
         self, reads: NoticeReads, catalogues: Mapping[str, Catalogue], ctx: Context, calendar: Calendar,
-        *, recent_hours: float, default_lang: str,
+        *, recent_hours: float, default_lang: str, zone_of: Callable[[str], tzinfo | None] = lambda _: None,
     ) -> None:
         self._reads = reads
         self.catalogues = catalogues
         self.ctx = ctx
         self.calendar = calendar
+        self._zone_of = zone_of
         self._recent_s = calendar.hours(recent_hours)
         self.default_lang = default_lang
 
     def lang(self, requested: str | None, accept_language: str | None) -> str:
         """The contract's choice: ``?lang=``, Accept-Language, by prefix, else the default."""
         return negotiate(requested, accept_language, self.default_lang)
+
+    def calendar_for(self, merchant_id: str) -> Calendar:
+        """The calendar a merchant's times are shown in: its configured hours' zone (CONTRACT §8),
+        else ``detect.timezone``."""
+        zone = self._zone_of(merchant_id)
+        return self.calendar if zone is None else self.calendar.with_zone(zone)
 
     async def notice(self, merchant_id: str, lang: str, now: float) -> Notice:
         incidents, members = await self._reads.merchant_notice_incidents(merchant_id, now - self._recent_s)

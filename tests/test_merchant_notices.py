@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from fleetwatch.adapters.catalogues import load_catalogues
+from fleetwatch.adapters.notice_page import NoticePages
 from fleetwatch.core.calendar import Calendar
 from fleetwatch.core.catalogue import Context
 from fleetwatch.core.links import LinkCheck
@@ -63,3 +65,18 @@ async def test_compressed_days_shrink_recent_hours_and_link_days() -> None:
     assert links.check("M1", str(exp), sig, NOW + 239) is LinkCheck.VALID
     assert links.check("M1", str(exp), sig, NOW + 240) is LinkCheck.EXPIRED
     assert links.make("M1", NOW)[1] == int(NOW + 30 * 240)
+
+
+async def test_the_page_shows_times_in_the_merchants_own_zone_when_its_hours_are_configured() -> None:
+    """A merchant with configured hours in Europe/Berlin reads its times there (CONTRACT §5, §8);
+    another merchant in detect.timezone."""
+    zones = {"M1": ZoneInfo("Europe/Berlin")}
+    shanghai = Calendar(zone=ZoneInfo("Asia/Shanghai"))
+    notices = MerchantNotices(Reads([gap("g1")]), load_catalogues(), Context(), shanghai,
+                              recent_hours=24, default_lang="en", zone_of=zones.get)
+    pages = NoticePages(notices)
+    own = pages.page(await notices.notice("M1", "en", NOW))
+    other = pages.page(await notices.notice("M2", "en", NOW))
+    assert "UTC+01:00" in own
+    assert "UTC+08:00" not in own
+    assert "UTC+08:00" in other

@@ -48,6 +48,7 @@ class NoticeSource(Protocol):
 
     def lang(self, requested: str | None, accept_language: str | None) -> str: ...
     async def notice(self, merchant_id: str, lang: str, now: float) -> Notice: ...
+    def calendar_for(self, merchant_id: str) -> Calendar: ...
 
 
 class LinkChecker(Protocol):
@@ -84,21 +85,23 @@ class NoticePages:
         self._page = self._env.get_template("notices.html")
         self._refused = self._env.get_template("refused.html")
 
-    def when(self, t: float) -> str:
-        """A time as the merchant reads it: local (with the offset) on real days."""
-        moment = self._source.calendar.local(t)
+    def when(self, t: float, calendar: Calendar | None = None) -> str:
+        """A time as the merchant reads it: local (with the offset) on real days, in the merchant's
+        own zone when its hours are configured."""
+        moment = (calendar or self._source.calendar).local(t)
         return f"{moment:%Y-%m-%d %H:%M} {utc_offset_text(moment)}"
 
     def page(self, notice: Notice, *, other_lang_href: str | None = None) -> str:
+        cal = self._source.calendar_for(notice.merchant_id)
         cat = self._source.catalogues[notice.lang]
         ctx = self._source.ctx
         values = {"acquirer_name": ctx.acquirer_name or cat.defaults.get("acquirer_name", ""),
                   "support_phone": ctx.support_phone or cat.defaults.get("support_phone", "")}
-        current = [self._card(i, cat) for i in notice.current]
+        current = [self._card(i, cat, cal) for i in notice.current]
         words = {name: cat.word(name) for name in cat.page}
         words |= {
             "merchant": cat.word("merchant", merchant_id=notice.merchant_id),
-            "updated": cat.word("updated", time=self.when(notice.generated_at)),
+            "updated": cat.word("updated", time=self.when(notice.generated_at, cal)),
             "summary": cat.word("summary_one") if len(current) == 1
             else cat.word("summary_many", count=str(len(current))),
             "contact": fill(cat.word("contact"), values),
@@ -109,7 +112,7 @@ class NoticePages:
             switch = {"href": f"{other_lang_href}&lang={other}", "lang": other, "name": LANG_NAMES.get(other, other)}
         return self._page.render(
             lang=notice.lang, w=words, acquirer=ctx.acquirer_name,
-            current=current, resolved=[self._card(i, cat) for i in notice.resolved],
+            current=current, resolved=[self._card(i, cat, cal) for i in notice.resolved],
             phone=ctx.support_phone, phone_href=_tel(ctx.support_phone), other_lang=switch,
             default_phone=values["support_phone"],
         )
@@ -127,7 +130,7 @@ class NoticePages:
             help=fill(cat.word("forbidden_help"), values),
         )
 
-    def _card(self, item: NoticeItem, cat: Catalogue) -> _Card:
+    def _card(self, item: NoticeItem, cat: Catalogue, cal: Calendar) -> _Card:
         f, t = item.facts, item.texts
         money = []
         for m in item.money:
@@ -137,9 +140,9 @@ class NoticePages:
             if m.business_date:
                 where.append(cat.word("business_date", date=m.business_date))
             money.append({"display": m.display, "where": " · ".join(where)})
-        when = cat.word("opened", time=self.when(f.opened_at))
+        when = cat.word("opened", time=self.when(f.opened_at, cal))
         if f.resolved_at is not None:
-            when = cat.word("resolved_at", time=self.when(f.resolved_at))
+            when = cat.word("resolved_at", time=self.when(f.resolved_at, cal))
         return _Card(
             whose=f.whose, whose_label=item.whose_label, whose_explain=item.whose_explain,
             severity_label=cat.word(f"severity_{f.severity}"), minor=f.severity == "minor",

@@ -38,6 +38,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
+from datetime import tzinfo
 
 from fleetwatch.config import DetectSettings, SettlementSettings
 from fleetwatch.core.acquirer import ACTIVE, CLOSED, SUSPENDED, AcquirerStatuses, decision_finding
@@ -774,6 +775,10 @@ class Engine:
     def hours_of(self, merchant_id: str) -> tuple[str, str, dict[str, list[str]]]:
         """(source, timezone, weekly): configured, learned or none (``GET .../hours``)."""
         return self._hours.view(merchant_id)
+
+    def merchant_zone(self, merchant_id: str) -> tzinfo | None:
+        """The time zone of the merchant's configured hours (None: it has none; use detect.timezone)."""
+        return self._hours.zone_of(merchant_id)
 
     def closed_slots(self, merchant_id: str) -> frozenset[int]:
         """The merchant's learned usual closed slots of the day (0..23)."""

@@ -353,6 +353,11 @@ class OperatingHours:
         ranges = _open_ranges(closed)
         return "learned", self._default_tz, {day: list(ranges) for day in WEEKDAYS}
 
+    def zone_of(self, merchant_id: str) -> tzinfo | None:
+        """The merchant's own time zone (its configured hours'), None when it has none."""
+        hours = self._configured.get(merchant_id)
+        return None if hours is None else hours.zone
+
     def closed_slots(self, merchant_id: str) -> frozenset[int]:
         """The merchant's learned usual closed slots (0..23) as of its last finished day."""
         m = self._learn.get(merchant_id)
