@@ -252,7 +252,8 @@ class Engine:
         out: list[Effect]
         if isinstance(msg, Heartbeat):
             out = self._heartbeat(msg, env.received_at)
-        elif isinstance(msg, TxnResult):
+            return self._with_deferred(out) if self._deferred else out
+        if isinstance(msg, TxnResult):
             out = self._txn(msg, env.received_at)
         elif isinstance(msg, StateMsg):
             out = self._state_msg(msg, env.received_at, env.retained)
@@ -497,8 +498,9 @@ class Engine:
         """The terminal spoke (ctx must point at it): last seen, back online, deadline; and
         its merchant is there (operating hours learn from it)."""
         st.last_seen = now
-        if st.merchant_id is not None:
-            self._hours.saw(st.merchant_id, now)
+        merchant_id = st.merchant_id
+        if merchant_id is not None:
+            self._hours.saw(merchant_id, now)
         if not st.dirty and (st.persisted_seen is None or now - st.persisted_seen >= self._fresh_after):
             self._mark(st)  # freshness only: written at most every persist_freshness_intervals
         back: Sequence[Signal] = ()

@@ -278,15 +278,24 @@ class OperatingHours:
     def saw(self, merchant_id: str, now: float) -> None:
         """A terminal of the merchant sent something (any message that proves liveness)."""
         m = self._learn.get(merchant_id)
+        if m is None or now >= m.slot_end:
+            self._saw_in_a_new_slot(merchant_id, m, now)
+            return
+        covered = m.covered
+        if covered < now:  # the merchant was away since ``covered``
+            mark = m.mark
+            m.silent_s += now - (covered if covered > mark else mark)
+            m.mark = now
+        until = now + self._cover
+        if until > covered:
+            m.covered = until
+
+    def _saw_in_a_new_slot(self, merchant_id: str, m: _Learning | None, now: float) -> None:
+        """:meth:`saw` for a merchant not seen yet, or whose slot ended since its last message."""
         if m is None:
             m = self._learn[merchant_id] = self._start(_Learning(self._empty, 0, 0), now)
-        elif now >= m.slot_end:
-            self._advance(merchant_id, m, now)
         else:
-            covered = m.covered
-            if covered < now:
-                m.silent_s += now - (covered if covered > m.mark else m.mark)
-                m.mark = now
+            self._advance(merchant_id, m, now)
         m.covered = max(m.covered, now + self._cover)
 
     def configure(self, merchant_id: str, hours: WeeklyHours | None) -> None:
