@@ -36,8 +36,11 @@ a day not listed is closed (so "closed on Sundays" is configured, not learned).
 time falls between the terminal's last message and one slot after the moment its
 silence was noticed; that is, the silence began inside a closed slot or in the slot just
 before one (counting from the moment it was noticed keeps the rule right when a slot is
-only a few heartbeats long, as in compressed test days). The answer is the start of the
-first open time after that closed stretch: the usual opening.
+only a few heartbeats long, as in compressed test days). The answer is the usual opening:
+the start of the first slot after that closed stretch that is not part of the night. A
+slot not learned yet (fewer counted days) but silent on every day counted so far is part
+of the night (a partial first day leaves the mornings a day short); a slot never counted
+is not. Configured hours answer with the start of their next opening range.
 
 Pure: times are passed in, the calendar and time zones are handed in.
 """
