@@ -717,7 +717,8 @@ class Engine:
         if inc is None:
             raise IncidentNotOpen(incident_id)
         out: list[Effect] = list(self._book.resolve(incident_id, now))
-        if inc.scope == "terminal" and inc.terminal_id is not None and inc.kind in KIND_MASK:
+        own_condition = inc.key != decision_key(inc.terminal_id or "")  # not an acquirer's record
+        if own_condition and inc.scope == "terminal" and inc.terminal_id is not None and inc.kind in KIND_MASK:
             st = self._terms.get(inc.terminal_id)
             if st is not None:
                 mask = KIND_MASK[inc.kind]
