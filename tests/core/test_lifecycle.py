@@ -426,14 +426,3 @@ def test_suspension_notice_texts_follow_the_reason_and_keep_the_note() -> None:
         assert "95588" in steps
     assert msgspec.json.encode(record.evidence)
 
-
-def test_an_operator_resolving_the_record_leaves_the_terminals_own_conditions_alone() -> None:
-    """Resolving the closure record by hand does not forget the closed terminal's open
-    config/not_registered: a later attempt updates that incident, it does not open a second."""
-    e, _ = closed_with_money()
-    [fault] = writes(e.apply(txn_env("T1", 10.0, "late1", rc="97", outcome="declined")))
-    record = next(i for i in e.open_incidents() if i.key == decision_key("T1"))
-    e.resolve(record.id, 11.0)
-    again = writes(e.apply(txn_env("T1", 12.0, "late2", rc="97", outcome="declined")))
-    assert opened(again) == []
-    assert e.incident(fault.incident.id) is not None
