@@ -378,7 +378,8 @@ def test_dashboards_show_the_scripted_fleet(live: LiveStack) -> None:
     read them."""
     prom = live.prometheus
     # Polled: a publisher stalled >3 s on a loaded machine makes terminals flap briefly.
-    states = {"online": 58.0, "offline": 2.0, "shutdown": 0.0, "maintenance": 0.0}
+    states = {"online": 58.0, "offline": 2.0, "shutdown": 0.0, "closed_hours": 0.0, "maintenance": 0.0,
+              "suspended": 0.0}
     wait_until(lambda: prom.by("state", 'sum by (state) (fleetwatch_terminals{model=~".*"})') == states,
                timeout=30, interval=0.5, what=f"terminals by state == {states}")
     expected = {m: float(sum(model_of(t) == m for t in TERMINALS if t not in SILENT)) for m in MODELS}
