@@ -81,7 +81,10 @@ class Broker:
             f"persistence_location {self.workdir}/\n"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 1000\n"
-            "log_dest none\n",
+            "log_dest none\n"
+            # As root Mosquitto drops to its own user, which cannot write the persistence file
+            # in the test's root-owned folder: sessions would not survive a restart.
+            + ("user root\n" if os.geteuid() == 0 else ""),
             encoding="utf-8",
         )
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
