@@ -341,6 +341,7 @@ async def _run_with_store(
     pipeline = Pipeline(settings, engine, store, metrics)
     pipeline.refresh_snapshot(time.time())
     connection_listeners.append(pipeline.connection_changed)
+    pipeline.connection_changed(source.connected)  # not yet: nothing is judged before we can hear the fleet
     if keeper is not None:
         connection_listeners.append(_takeover_timer(settings, active_since))
 

@@ -149,6 +149,40 @@ def test_broker_restart_is_survived_without_restarting_the_daemon(tmp_path: Path
         own.stop()
 
 
+def test_a_broker_outage_opens_no_offline_incident_for_terminals_that_come_back(tmp_path: Path, prefix: str) -> None:
+    """The broker is away for many heartbeat intervals: a terminal that beats again once it is
+    back opens nothing; one that stays silent goes offline only after the grace, so the
+    silence check is paused and resumed, not switched off."""
+    own = Broker(tmp_path / "broker")
+    (tmp_path / "broker").mkdir()
+    own.start()
+    daemon = Daemon(tmp_path, own.url, prefix=prefix, client_id="fw-outage",
+                    overrides={"detect": {"heartbeat_interval_s": 0.5, "offline_after_missed": 3}})
+    try:
+        daemon.start()
+        with publisher(own.url, prefix) as pub:
+            for tid in ("O1", "O2"):
+                pub.send(f"term/{tid}/heartbeat", heartbeat(tid))
+        wait_until(lambda: terminal_or_none(daemon, "O2"), what="both terminals seen")
+        own.stop()
+        wait_until(lambda: daemon.metric("fleetwatch_mqtt_connected") == 0, what="disconnect seen")
+        time.sleep(3.0)  # six intervals of silence from everyone: twice offline_after_missed
+        own.start()
+        wait_until(lambda: daemon.metric("fleetwatch_mqtt_connected") == 1, timeout=20, what="reconnected")
+        with publisher(own.url, prefix) as pub:
+            for seq in range(2, 8):  # O1 beats on through and past the grace; O2 stays silent
+                pub.send("term/O1/heartbeat", heartbeat("O1", seq=seq))
+                time.sleep(0.5)
+        incidents = wait_until(lambda: daemon.get("/api/v1/incidents?status=all&limit=100")["items"] or None,
+                               what="the silent terminal's incident")
+        assert [(i["terminal_id"], i["cause"]) for i in incidents] == [("O2", "offline")]
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc is not None:
+            daemon.kill()
+        own.stop()
+
+
 @BOTH_BACKENDS
 def test_sigterm_in_flight_loses_nothing_acknowledged(daemon: Daemon, broker: Broker) -> None:
     """SIGTERM amid a QoS 1 burst exits 0 quickly; after a restart every txn is stored exactly once."""
