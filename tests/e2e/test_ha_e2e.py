@@ -91,9 +91,11 @@ def test_a_standby_serves_only_health_and_takes_over_when_the_active_stops(pair:
     a, b = pair.a, pair.b
     a.start()
     start_standby(b)
-    _code, body = readyz(b)
+    wait_until(lambda: "holds the lease" in readyz(b)[1].get("reason", ""), what="the standby names the holder")
+    body = readyz(b)[1]
     assert body["status"] == "not ready"
-    assert "holds the lease" in body["reason"]
+    assert a.proc is not None
+    assert f":{a.proc.pid}:" in body["reason"]
     assert readyz(a) == (200, {"status": "ready", "role": "active", "reason": None})
     assert status_of(b, "/healthz") == 200
     for path in ("/api/v1/incidents", "/api/v1/terminals/T1", "/m/M1"):
