@@ -49,7 +49,7 @@ from fleetwatch import __version__
 from fleetwatch.adapters.catalogues import load_catalogues
 from fleetwatch.adapters.http import Switchboard, build_app
 from fleetwatch.adapters.metrics import Metrics
-from fleetwatch.adapters.mqtt import GmqttSource
+from fleetwatch.adapters.mqtt import MqttSource
 from fleetwatch.adapters.notice_page import merchant_app, merchant_router
 from fleetwatch.adapters.notify import AlertmanagerNotifier
 from fleetwatch.adapters.postgres import PostgresStore
@@ -187,7 +187,7 @@ async def run_daemon(settings: Settings) -> int:
         def connect_failed(failure: ConnectFailure) -> None:
             metrics.mqtt_connect_failures.labels(reason=failure.reason).inc()
 
-        source = GmqttSource(settings.mqtt, on_connected_change=connection_changed,
+        source = MqttSource(settings.mqtt, on_connected_change=connection_changed,
                              on_reconnect=metrics.mqtt_reconnects.inc, on_connect_failed=connect_failed)
         role = RoleState(metrics, instance_name())
         boards = [Switchboard(metrics.exposition, role.status) for _ in listeners]
@@ -213,7 +213,7 @@ async def run_daemon(settings: Settings) -> int:
 
 
 async def _open_and_run(
-    settings: Settings, started: float, role: RoleState, *, metrics: Metrics, source: GmqttSource,
+    settings: Settings, started: float, role: RoleState, *, metrics: Metrics, source: MqttSource,
     catalogues: Mapping[str, Catalogue], connection_listeners: list[Callable[[bool], None]],
     boards: list[Switchboard], servers: list[uvicorn.Server], serving: set[asyncio.Task[None]],
     stop: asyncio.Event,
@@ -328,7 +328,7 @@ async def restore_engine(
 
 
 async def _run_with_store(
-    settings: Settings, store: Store, started: float, *, metrics: Metrics, source: GmqttSource,
+    settings: Settings, store: Store, started: float, *, metrics: Metrics, source: MqttSource,
     catalogues: Mapping[str, Catalogue], connection_listeners: list[Callable[[bool], None]],
     boards: list[Switchboard], servers: list[uvicorn.Server], serving: set[asyncio.Task[None]],
     stop: asyncio.Event, keeper: LeaseKeeper | None,
@@ -446,7 +446,7 @@ def _server(app: object, host_port: tuple[str, int]) -> uvicorn.Server:
 
 
 async def _start_terminal_notices(
-    settings: Settings, store: Store, engine: Engine, pipeline: Pipeline, *, source: GmqttSource,
+    settings: Settings, store: Store, engine: Engine, pipeline: Pipeline, *, source: MqttSource,
     metrics: Metrics, catalogues: Mapping[str, Catalogue], members: dict[str, list[tuple[str, str | None]]],
 ) -> None:
     """The terminals' screens: publish what changes, or clear everything when switched off."""
@@ -470,7 +470,7 @@ async def _start_terminal_notices(
 
 
 async def _shutdown(
-    pipeline: Pipeline, source: GmqttSource, servers: list[uvicorn.Server],
+    pipeline: Pipeline, source: MqttSource, servers: list[uvicorn.Server],
     tasks: set[asyncio.Task[None]], failure: BaseException | None,
 ) -> BaseException | None:
     """Stop in order; returns what the daemon failed with (the first failure wins), None on a clean stop."""

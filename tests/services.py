@@ -82,7 +82,8 @@ class Broker:
             "max_queued_messages 1000000\n"
             "max_inflight_messages 1000\n"
             "log_dest none\n"
-            # As root Mosquitto drops to the mosquitto user, which cannot write in our folder.
+            # As root Mosquitto drops to its own user, which cannot write the persistence file
+            # in the test's root-owned folder: sessions would not survive a restart.
             + ("user root\n" if os.geteuid() == 0 else ""),
             encoding="utf-8",
         )

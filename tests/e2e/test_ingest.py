@@ -245,3 +245,56 @@ def test_store_that_cannot_be_written_stops_the_daemon_with_an_error(daemon: Dae
     daemon.start()  # restarted: the unacknowledged txn is redelivered by the broker and stored
     wait_until(lambda: daemon.rows("select txn_id from transactions") == [("L1-1",)],
                what="redelivered txn stored")
+
+
+def test_session_and_its_queue_survive_a_broker_restart_while_the_daemon_is_down(tmp_path: Path,
+                                                                               prefix: str) -> None:
+    """The daemon's session is persistent on the broker's disk too: txns published while the daemon
+    was stopped, then the broker restarted, are all delivered once the daemon is back."""
+    (tmp_path / "broker").mkdir()
+    own = Broker(tmp_path / "broker")
+    own.start()
+    daemon = Daemon(tmp_path, own.url, prefix=prefix, client_id="fw-persist")
+    try:
+        daemon.start()
+        assert daemon.stop() == 0  # the session (and its subscriptions) stays on the broker
+        with publisher(own.url, prefix) as pub:
+            for i in range(200):
+                pub.send(f"term/Q{i % 10}/txn", txn(f"Q{i % 10}", f"Q-{i}"), wait=False)
+        own.restart()  # Mosquitto writes the queued messages to its persistence file and reads them back
+        daemon.start()
+        wait_until(lambda: daemon.metric("fleetwatch_messages_received_total", type="txn") >= 200,
+                   what="the queued txns after the broker restart")
+        assert daemon.stop() == 0
+        assert daemon.rows("select count(distinct txn_id), count(*) from transactions") == [(200, 200)]
+    finally:
+        if daemon.proc is not None:
+            daemon.kill()
+        own.stop()
+
+
+def test_broker_restart_mid_burst_loses_nothing_acknowledged(tmp_path: Path, prefix: str) -> None:
+    """A QoS 1 burst the broker has accepted, then a broker restart while the daemon is still taking
+    it: deliveries not yet acknowledged (their commit not done, or their PUBACK bound to the dropped
+    connection) are redelivered on the new connection, and every txn is stored exactly once."""
+    total = 3000
+    (tmp_path / "broker").mkdir()
+    own = Broker(tmp_path / "broker")
+    own.start()
+    daemon = Daemon(tmp_path, own.url, prefix=prefix, client_id="fw-midburst")
+    try:
+        daemon.start()
+        with publisher(own.url, prefix) as pub:
+            for i in range(total):
+                pub.send(f"term/M{i % 50}/txn", txn(f"M{i % 50}", f"M-{i}"), wait=False)
+        own.restart()
+        wait_until(lambda: daemon.metric("fleetwatch_mqtt_connected") == 1, timeout=20, what="reconnected")
+        wait_until(lambda: daemon.rows("select count(*) from transactions") == [(total,)],
+                   timeout=30, what="all txns stored")
+        assert daemon.metric("fleetwatch_mqtt_reconnects_total") >= 1
+        assert daemon.stop() == 0
+        assert daemon.rows("select count(distinct txn_id), count(*) from transactions") == [(total, total)]
+    finally:
+        if daemon.proc is not None:
+            daemon.kill()
+        own.stop()
