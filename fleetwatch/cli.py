@@ -182,7 +182,7 @@ async def notice_link(settings: Settings, merchant_id: str, days: float | None, 
     elif stored is not None:  # read beside a running daemon, which holds the store
         key = stored.encode()
     else:  # no daemon has started on this SQLite store yet (or PostgreSQL, which any process may open)
-        store = await open_store(settings.store)
+        store, _ = await open_store(settings.store, application_name="fleetwatch notice-link")
         try:
             key = await link_key(settings, store)
         finally:

@@ -270,6 +270,9 @@ class Daemon:
             "http": {"listen": f"127.0.0.1:{self.http_port}", "api_token": self.token},
             "log": {"format": "json", "reject_log_interval_s": 0},
         }
+        if self.store_url is not None:
+            # On PostgreSQL the daemon holds a lease; a restart after SIGKILL waits for it to expire.
+            sections["ha"] = {"lease_s": 2.0}
         for section, values in self.overrides.items():
             sections.setdefault(section, {}).update(values)
         lines: list[str] = []

@@ -135,17 +135,25 @@ async def test_a_takeover_waits_for_the_old_actives_write_in_progress(pg_db: Db)
         await a.close()
 
 
-async def test_a_lost_lease_connection_fails_one_call_and_the_next_reconnects(pg_db: Db) -> None:
+async def test_a_lost_lease_connection_costs_at_most_one_call(pg_db: Db) -> None:
+    """The lease's connection killed by the server: a closed connection is replaced before the
+    next call, one that dies under a call fails that call (StoreError), and the next reconnects."""
     store: PostgresStore = await pg_db.open(application_name="fleetwatch lease-test")
     try:
         token = (await store.claim("a", 30)).token
         assert token is not None
-        killed = await pg_db.rows(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'fleetwatch lease-test'")
+        killed = await pg_db.rows("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                                  "WHERE application_name = 'fleetwatch lease-test'")
         assert killed
         assert all(r[0] for r in killed)
-        with pytest.raises(StoreError, match="renewing the lease"):
-            await store.renew("a", token, 30)
+        errors: list[str] = []
+        for _ in range(2):
+            try:
+                assert (await store.renew("a", token, 30)).held
+            except StoreError as exc:
+                errors.append(str(exc))
+        assert len(errors) <= 1
+        assert all("renewing the lease" in e for e in errors)
         assert (await store.renew("a", token, 30)).held
     finally:
         await store.close()
