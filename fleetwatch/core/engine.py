@@ -276,7 +276,7 @@ class Engine:
             out = self._batch(msg, env.received_at)
         elif isinstance(msg, Settlement):
             out = self._settlement(msg, env.received_at)
-        elif isinstance(msg, TerminalStatus | StatusCleared):
+        elif isinstance(msg, (TerminalStatus, StatusCleared)):
             out = self._acquirer_status(msg, env.received_at)
         else:
             out = []

@@ -238,7 +238,7 @@ def invalid_field(msg: Message, topic_terminal_id: str | None = None) -> str | N
     ``terminal_id`` is not checked again when it equals ``topic_terminal_id`` (the
     topic pattern checked that one); checks run in field order, like msgspec's.
     """
-    if isinstance(msg, Settlement | StatusCleared):
+    if isinstance(msg, (Settlement, StatusCleared)):  # a tuple: ``X | Y`` builds a union object per call
         return None
     if msg.terminal_id != topic_terminal_id and not is_id(msg.terminal_id):
         return f"{ID_RULE} - at `$.terminal_id`"

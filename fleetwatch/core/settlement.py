@@ -426,7 +426,7 @@ class SettlementBook:
             b = self._get_or_create(key, txn.merchant_id, at)
             signed, count = txn_effect(txn, b.origs if b.origs is not None else _NO_ORIGS)
             self._remember(b, txn, signed)
-            self._apply_tally(b, txn, signed, count, at)
+            self._apply_tally(key, b, txn, signed, count, at)
             if self._txn_changes_nothing(b, at):
                 self._track_age(b)
             else:
@@ -624,7 +624,7 @@ class SettlementBook:
         while len(origs) > limit:
             del origs[next(iter(origs))]
 
-    def _apply_tally(self, b: _Batch, txn: TxnResult, signed: int, count: int, at: float) -> None:
+    def _apply_tally(self, key: BatchKey, b: _Batch, txn: TxnResult, signed: int, count: int, at: float) -> None:
         r = b.rec
         r.tally_amount_minor += signed
         r.tally_count += count
@@ -632,10 +632,10 @@ class SettlementBook:
         if count:
             if r.first_approved_at is None:
                 r.first_approved_at = at
-                self._push_deadline(at + self._cfg.batch_close_deadline_s, self._key(r))
+                self._push_deadline(at + self._cfg.batch_close_deadline_s, key)
             if r.first_approved_ts_ms is None or txn.ts < r.first_approved_ts_ms:
                 r.first_approved_ts_ms = txn.ts
-        self._mark_dirty(self._key(r), r)
+        self._dirty[key] = r
 
     def _txn_changes_nothing(self, b: _Batch, at: float) -> bool:
         """True when :meth:`_evaluate` after a txn could neither open, change nor close a gap,
