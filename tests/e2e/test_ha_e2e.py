@@ -312,7 +312,9 @@ def test_an_active_whose_lease_is_taken_away_exits_6_and_commits_nothing_more(pa
         assert a.proc is not None
         assert a.proc.wait(timeout=15) == 6
         a.proc = None
-        assert '"stepped down: intruder holds the lease now' in a.logs()
+        # the intruder, or the standby if it claimed the expired row first
+        assert '"stepped down: ' in a.logs()
+        assert "holds the lease now (token" in a.logs()
         pub.send("term/T1/txn", txn("T1", "after"))
         wait_until(lambda: readyz(b)[0] == 200, timeout=TAKEOVER_S, what="the standby takes over")
         wait_until(lambda: pair.txn_count()[0] == 2, what="the txn published meanwhile reaches the new active")
