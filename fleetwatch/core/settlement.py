@@ -426,7 +426,7 @@ class SettlementBook:
             b = self._get_or_create(key, txn.merchant_id, at)
             signed, count = txn_effect(txn, b.origs if b.origs is not None else _NO_ORIGS)
             self._remember(b, txn, signed)
-            self._apply_tally(key, b, txn, signed, count, at)
+            self._apply_tally(key, b, txn, signed=signed, count=count, at=at)
             if self._txn_changes_nothing(b, at):
                 self._track_age(b)
             else:
@@ -624,7 +624,7 @@ class SettlementBook:
         while len(origs) > limit:
             del origs[next(iter(origs))]
 
-    def _apply_tally(self, key: BatchKey, b: _Batch, txn: TxnResult, signed: int, count: int, at: float) -> None:
+    def _apply_tally(self, key: BatchKey, b: _Batch, txn: TxnResult, *, signed: int, count: int, at: float) -> None:
         r = b.rec
         r.tally_amount_minor += signed
         r.tally_count += count

@@ -294,3 +294,53 @@ def test_an_active_that_loses_its_database_connections_stops_and_the_standby_los
     wait_until(lambda: pair.txn_count()[0] >= load.total, timeout=30, interval=0.5, what="every txn stored")
     assert pair.txn_count() == (load.total, load.total)
     assert b.stop() == 0
+
+
+def test_an_active_whose_lease_is_taken_away_exits_6_and_commits_nothing_more(pair: Pair, broker: Broker) -> None:
+    """The lease row handed to someone else (what a standby's takeover leaves when the active
+    did not notice its lease run out): at its next renewal, or its next commit refused by the
+    fencing token, the active steps down with exit 6; the standby takes the expired lease and
+    stores what was published meanwhile, once."""
+    a, b = pair.a, pair.b
+    a.start()
+    start_standby(b)
+    with publisher(broker.url, a.prefix) as pub:
+        pub.send("term/T1/txn", txn("T1", "before"))
+        wait_until(lambda: pair.txn_count()[0] == 1, what="the active stores the txn")
+        pg_rows(pair.store_url, "UPDATE leases SET holder = 'intruder', token = token + 1, expires_at = 0 "
+                "WHERE name = 'active' RETURNING token")
+        assert a.proc is not None
+        assert a.proc.wait(timeout=15) == 6
+        a.proc = None
+        # the intruder, or the standby if it claimed the expired row first
+        assert '"stepped down: ' in a.logs()
+        assert "holds the lease now (token" in a.logs()
+        pub.send("term/T1/txn", txn("T1", "after"))
+        wait_until(lambda: readyz(b)[0] == 200, timeout=TAKEOVER_S, what="the standby takes over")
+        wait_until(lambda: pair.txn_count()[0] == 2, what="the txn published meanwhile reaches the new active")
+    tokens = pg_rows(pair.store_url, "SELECT holder, token FROM leases")
+    assert tokens[0][1] == 3
+    assert tokens[0][0] != "intruder"
+    assert b.stop() == 0
+
+
+def test_the_lease_is_renewed_through_a_restore_longer_than_the_lease(pair: Pair) -> None:
+    """200,000 terminals take longer to restore than a 1 s lease lasts: the active renews it
+    throughout (a standby would otherwise take over mid-restore), stays active with its first
+    token, and becomes ready."""
+    a = pair.a
+    a.start()
+    assert a.stop() == 0  # migrated, lease released
+    assert pg_rows(pair.store_url, "WITH added AS (INSERT INTO terminals (terminal_id, merchant_id, model, last_seen) "
+                   "SELECT 'R' || lpad(i::text, 7, '0'), 'M' || (i % 5000), 'A920', extract(epoch FROM now()) "
+                   "FROM generate_series(1, 200000) AS i RETURNING 1) SELECT count(*) FROM added") == [(200_000,)]
+    a.overrides["ha"] = {"lease_s": 1.0}
+    a.start(wait_ready=False)
+    a.wait_ready(timeout=60)
+    time.sleep(2.0)
+    took = [json.loads(line) for line in a.logs().splitlines() if '"active: restored and subscribed"' in line][-1]
+    assert took["seconds"] > 1.0, "the restore must outlast the lease for this test to prove anything"
+    assert "stepped down" not in a.logs()
+    assert pg_rows(pair.store_url, "SELECT token FROM leases") == [(2,)]  # the first start's was 1
+    assert readyz(a)[0] == 200
+    assert a.stop() == 0
