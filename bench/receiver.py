@@ -13,6 +13,7 @@ beside a daemon in another process, or beside the worker in the test's own loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import json
@@ -65,6 +66,7 @@ class Receiver:
     _server: asyncio.Server | None = None
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
+    _writers: set[asyncio.StreamWriter] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -79,6 +81,7 @@ class Receiver:
         return server
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._writers.add(writer)
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
@@ -95,7 +98,10 @@ class Receiver:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         finally:
+            self._writers.discard(writer)
             writer.close()
+            with contextlib.suppress(ConnectionError):
+                await writer.wait_closed()
 
     def _answer(self, headers: dict[str, str], body: bytes) -> Answer:
         expected = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
@@ -134,6 +140,11 @@ class Receiver:
 
         async def close() -> None:
             server.close()
+            for writer in list(self._writers):
+                writer.close()
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            if others:  # closed connections end their readers (IncompleteReadError); no cancel needed
+                await asyncio.wait(others, timeout=5)
             await server.wait_closed()
 
         asyncio.run_coroutine_threadsafe(close(), loop).result(10)

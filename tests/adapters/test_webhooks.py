@@ -34,7 +34,7 @@ NOW = time.time()
 
 def settings(url: str, **notify: Any) -> Settings:
     hook = {"name": "sms", "url": url, "secret": SECRET, "lang": "en"}
-    return Settings(detect={"heartbeat_interval_s": 1},  # type: ignore[arg-type]
+    return Settings(detect={"heartbeat_interval_s": 1},
                     notify={"merchant_webhooks": [hook], "retry_initial_s": 0.05, "retry_max_s": 0.2,
                             "poll_s": 0.05, **notify})
 
