@@ -1,4 +1,7 @@
-"""``python -m bench {publisher|ingest|stores|memory|restart|metrics|latency|all}... [--smoke] [--store postgresql]``.
+"""``python -m bench {publisher|ingest|stores|memory|restart|metrics|latency|failover|all}... [--smoke]``.
+
+``--store postgresql`` runs memory, restart and metrics on PostgreSQL; stores and failover
+always start a private PostgreSQL cluster.
 
 Prints each figure as a table and rewrites its section of docs/PERFORMANCE.md
 (``--no-report`` to leave the file alone). Exit 1 when any figure missed its target or
@@ -13,14 +16,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from bench import harness, notices, report
+from bench import failover, harness, notices, report
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("what", nargs="+",
                    choices=("publisher", "ingest", "stores", "memory", "restart", "metrics", "latency", "notices",
-                            "all"))
+                            "failover", "all"))
     p.add_argument("--smoke", action="store_true", help="tiny and fast (2,000 messages); no speed targets")
     p.add_argument("--terminals", type=int, default=None, help="fleet of the ingest stream (default 20,000)")
     p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 200,000)")
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     what = set(a.what)
     cluster = None
-    if a.store == "postgresql" or "stores" in what:
+    if a.store == "postgresql" or what & {"stores", "failover"}:
         from tests.services import Postgres  # noqa: PLC0415 - a private cluster only for PostgreSQL figures
 
         cluster = Postgres(fsync=True)
@@ -77,6 +80,8 @@ async def _run(what: set[str], opts: harness.Options) -> list[report.Figure]:
         figs.append(await harness.figure_stores(opts))
     if "latency" in what:
         figs.append(await harness.figure_latency(opts))
+    if "failover" in what:
+        figs.append(await failover.figure_failover(opts))
     if "notices" in what:
         suffix = " --smoke" if opts.smoke else ""
         cmd = f"{opts.command} notices{suffix}"

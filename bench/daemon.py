@@ -79,8 +79,9 @@ class Daemon:
     def api(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
 
-    def start(self, within: float = 120.0) -> float:
-        """Start and wait until ``/readyz`` answers 200; returns the seconds that took."""
+    def start(self, within: float = 120.0, *, wait: bool = True) -> float:
+        """Start and wait until ``/readyz`` answers 200; returns the seconds that took. ``wait``
+        False: return once the process runs (a standby never answers 200)."""
         self.http_port = free_port()
         conf = self.workdir / "fleetwatch.toml"
         conf.write_text(daemon_config(self.mqtt_port, self.http_port, self.db, interval=self.interval,
@@ -91,6 +92,8 @@ class Daemon:
         t0 = time.monotonic()
         self.proc = subprocess.Popen([*argv, "run", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT)
         log.close()
+        if not wait:
+            return 0.0
         with httpx.Client(timeout=2.0) as http:
             while time.monotonic() - t0 < within:
                 if self.proc.poll() is not None:

@@ -5,8 +5,10 @@ pre-encoded stream (the contract's mix: heartbeats QoS 0, one txn in ten QoS 1),
 nothing with a message but count it and acknowledge the QoS 1 ones at once:
 
 * ``mosquitto_sub -q 1`` (C, libmosquitto): the reference;
-* ``gmqtt``: gmqtt 0.8 over MQTT 5 as the adapter used it (a synchronous ``on_message``
-  and the QoS 1 handler replaced so the PUBACK is sent by us);
+* ``gmqtt``: gmqtt 0.8 over MQTT 5 as the adapter used it before issue 16 (a synchronous
+  ``on_message`` and the QoS 1 handler replaced so the PUBACK is sent by us), and
+  ``gmqtt-trimmed`` (its read path replaced by our codec): only when gmqtt is installed
+  (``pip install '.[compare]'``), since fleetwatch itself no longer depends on it;
 * ``lean``: :mod:`fleetwatch.mqtt5`.
 
 Reported per receiver: the drain rate (messages / time from the first byte published
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import resource
@@ -30,10 +33,6 @@ from collections.abc import Callable
 from typing import Any
 
 import uvloop
-from gmqtt import Client as GClient
-from gmqtt import Subscription
-from gmqtt.mqtt.constants import MQTTv50
-from gmqtt.mqtt.package import Package
 
 from bench import stream as streams
 from bench.broker import mosquitto
@@ -79,6 +78,10 @@ async def _receive_lean(port: int, total: int) -> _Counter:
 
 
 async def _receive_gmqtt(port: int, total: int) -> _Counter:
+    from gmqtt import Client as GClient  # noqa: PLC0415 - optional (pip install '.[compare]')
+    from gmqtt import Subscription  # noqa: PLC0415
+    from gmqtt.mqtt.constants import MQTTv50  # noqa: PLC0415
+
     loop = asyncio.get_running_loop()
     counter = _Counter(total, loop.create_future())
     client = GClient(f"bench-gmqtt-{os.getpid()}", optimistic_acknowledgement=False, receive_maximum=1000)
@@ -116,6 +119,8 @@ async def _receive_gmqtt(port: int, total: int) -> _Counter:
 async def _receive_gmqtt_trimmed(port: int, total: int) -> _Counter:
     """gmqtt with its read path cut short: PUBLISH parsed by our codec straight from its
     buffer into the callback; every other packet still goes through gmqtt's handler."""
+    from gmqtt.mqtt.package import Package  # noqa: PLC0415 - optional (pip install '.[compare]')
+
     counter = await _receive_gmqtt(port, total)
     gclient = counter.client  # type: ignore[attr-defined]
     conn = gclient._connection
@@ -145,6 +150,12 @@ async def _receive_gmqtt_trimmed(port: int, total: int) -> _Counter:
 RECEIVERS: dict[str, Callable[[int, int], Any]] = {
     "lean": _receive_lean, "gmqtt": _receive_gmqtt, "gmqtt-trimmed": _receive_gmqtt_trimmed,
 }
+
+
+def available_receivers() -> list[str]:
+    """The receivers this machine can run: gmqtt's only where gmqtt is installed."""
+    with_gmqtt = importlib.util.find_spec("gmqtt") is not None
+    return ["mosquitto_sub", *(["gmqtt", "gmqtt-trimmed"] if with_gmqtt else []), "lean"]
 
 
 async def _child(kind: str, port: int, total: int) -> None:
@@ -215,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.mqtt_bench", description=__doc__.splitlines()[0])
     p.add_argument("--messages", type=int, default=200_000)
     p.add_argument("--repeat", type=int, default=3)
-    p.add_argument("--clients", default="mosquitto_sub,gmqtt,gmqtt-trimmed,lean")
+    p.add_argument("--clients", default=",".join(available_receivers()),
+                   help="comma-separated receivers (default: every one installed here)")
     p.add_argument("--child", choices=sorted(RECEIVERS), help=argparse.SUPPRESS)
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     a = p.parse_args(argv)

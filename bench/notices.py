@@ -147,9 +147,12 @@ def _cpu_seconds(daemon: Daemon) -> float:
 async def _ingest_once(st: streams.Stream, publish_on: bool, rate: float | None,
                        connections: int) -> tuple[float, float, float, float]:
     """(msg/s, screens published, messages received, daemon CPU µs per message) for one run."""
-    extra = f"[notice]\npublish_to_terminals = {'true' if publish_on else 'false'}\n"
+    # Appended to the config's [detect] section: a short correlation window, so the
+    # out-of-paper terminals' screens fall due (and are published) while the stream runs.
+    extra = ("correlation_window_intervals = 1\n"
+             f"[notice]\npublish_to_terminals = {'true' if publish_on else 'false'}\n")
     with mosquitto() as broker:
-        daemon = new_daemon(broker.port, interval=2.0, extra_config=extra)
+        daemon = new_daemon(broker.port, interval=1.0, extra_config=extra)
         await asyncio.to_thread(daemon.start)
         cpu0 = _cpu_seconds(daemon)
         clients = await connect_all(broker.port, connections)
@@ -194,9 +197,12 @@ async def figure_ingest(command: str, opts: Options) -> Figure:
     fig.rows.append(("daemon CPU per message, off / on (medians)", f"{cpu_off:.1f} / {cpu_on:.1f} µs", "", None))
     fig.rows.append(("CPU per message, on / off", f"{cpu_on / cpu_off:.3f}", "<= 1.05", None if smoke
                      else cpu_on / cpu_off <= 1.05))
-    fig.rows.append(("screens published per 'on' run", f"{published:,.0f}", "", None))
-    fig.notes.append(f"{terminals:,} terminals ({len(terms[::20]):,} out of paper), {st.messages:,} messages, "
-                     "heartbeat interval 2 s (so the correlation window, 10 s, passes within the run)")
+    faulty = len(terms[::20])
+    fig.rows.append(("screens published per 'on' run", f"{published:,.0f}", f">= {faulty:,}",
+                     None if smoke else published >= faulty))
+    fig.notes.append(f"{terminals:,} terminals ({faulty:,} out of paper), {st.messages:,} messages, "
+                     "heartbeat interval 1 s and a correlation window of 1 interval, so every "
+                     "out-of-paper screen is due and published while the stream runs")
     return fig
 
 

@@ -23,7 +23,7 @@ the command shown in it; targets come from the project brief.
 """
 
 ORDER = ("publisher", "ingest", "ratio", "stores", "memory", "latency", "restart", "restart_postgresql", "metrics",
-         "memory_postgresql", "metrics_postgresql", "notice-page", "notice-ingest", "notice-outage")
+         "memory_postgresql", "metrics_postgresql", "failover", "notice-page", "notice-ingest", "notice-outage")
 
 
 @dataclass

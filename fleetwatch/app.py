@@ -14,6 +14,21 @@ nothing acknowledged was lost because PUBACK waits for commit).
 
 The store backend is chosen here, and only here, by the scheme of ``store.url``
 (``sqlite:///`` or ``postgresql://``/``postgres://``); everything else sees the port.
+
+**Active or standby** (CONTRACT.md §9, docs/SCALING.md). On PostgreSQL several instances
+may share the store and the broker's ``mqtt.client_id``; only the one holding the lease
+(fleetwatch/ha.py) is active. The gate is one place, :func:`run_daemon`: the HTTP
+servers start at once (a :class:`Switchboard` answers as a standby: ``/readyz`` 503,
+``/api/`` and ``/m/`` 503), then the instance waits for the lease, and only once it holds
+it (its fencing token set on the store) does it restore the engine and build
+:func:`_run_with_store`'s world: the broker connection (same client id, clean start off,
+so the broker hands over the session and every QoS 1 message queued in it), the writer,
+the sweeper, retention, terminal notices, Alertmanager and every other background
+worker. So a standby never connects to the broker and never runs a worker; anything
+added to ``_run_with_store`` is gated with them. An active that cannot renew its lease
+stops intake first (the same ordered shutdown) and exits 6 (LeaseLost); its supervisor
+starts it again as a standby. A clean stop releases the lease, so a standby takes over
+at once. On SQLite the instance is simply active.
 """
 
 from __future__ import annotations
@@ -32,9 +47,9 @@ import uvicorn
 
 from fleetwatch import __version__
 from fleetwatch.adapters.catalogues import load_catalogues
-from fleetwatch.adapters.http import build_app
+from fleetwatch.adapters.http import Switchboard, build_app
 from fleetwatch.adapters.metrics import Metrics
-from fleetwatch.adapters.mqtt import GmqttSource
+from fleetwatch.adapters.mqtt import MqttSource
 from fleetwatch.adapters.notice_page import merchant_app, merchant_router
 from fleetwatch.adapters.notify import AlertmanagerNotifier
 from fleetwatch.adapters.postgres import PostgresStore
@@ -44,14 +59,16 @@ from fleetwatch.config import Settings, StoreSettings, deprecated_settings, star
 from fleetwatch.core.calendar import Calendar
 from fleetwatch.core.catalogue import Catalogue, Context
 from fleetwatch.core.engine import Engine
+from fleetwatch.core.lease import Role
 from fleetwatch.core.model import Effect, Incident, NotificationWrite
 from fleetwatch.core.screens import TerminalScreens
 from fleetwatch.credentials import write_token_file
-from fleetwatch.errors import ListenError, StoreError
+from fleetwatch.errors import LeaseLost, ListenError, StoreError
+from fleetwatch.ha import LeaseKeeper, instance_name
 from fleetwatch.merchant_notices import MerchantNotices, NoticeApi, NoticeLinks, new_secret
 from fleetwatch.merchant_notifications import Notifications
 from fleetwatch.pipeline import Pipeline
-from fleetwatch.ports import ConnectFailure, Store
+from fleetwatch.ports import ConnectFailure, Leases, Store
 from fleetwatch.storage.restore import feed_in_thread
 from fleetwatch.storage.retention import RetentionJob, retention_seconds
 from fleetwatch.terminal_notices import TerminalNotices, clear_published
@@ -172,26 +189,126 @@ async def run_daemon(settings: Settings) -> int:
         def connect_failed(failure: ConnectFailure) -> None:
             metrics.mqtt_connect_failures.labels(reason=failure.reason).inc()
 
-        source = GmqttSource(settings.mqtt, on_connected_change=connection_changed,
+        source = MqttSource(settings.mqtt, on_connected_change=connection_changed,
                              on_reconnect=metrics.mqtt_reconnects.inc, on_connect_failed=connect_failed)
-        store = await open_store(settings.store)
-        try:
-            return await _run_with_store(settings, store, started, metrics=metrics, source=source,
-                                         listeners=listeners, catalogues=catalogues,
-                                         connection_listeners=connection_listeners)
-        finally:
-            with contextlib.suppress(Exception):
-                await store.close()
+        role = RoleState(metrics, instance_name())
+        boards = [Switchboard(metrics.exposition, role.status) for _ in listeners]
+        servers = [(_server(board, sock.getsockname()[:2]), sock) for board, sock in zip(boards, listeners,
+                                                                                         strict=True)]
+        # A signal from here on is a clean stop, after the checks still to come (the store, the
+        # token file): /healthz answers from the start, and a stop never skips a verdict.
+        with _signals() as stop:
+            serving = {asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{i}")
+                       for i, (server, sock) in enumerate(servers)}
+            try:
+                return await _open_and_run(settings, started, role, metrics=metrics, source=source,
+                                           catalogues=catalogues, connection_listeners=connection_listeners,
+                                           boards=boards, servers=[server for server, _ in servers],
+                                           serving=serving, stop=stop)
+            finally:
+                for server, _ in servers:
+                    server.should_exit = True
+                await asyncio.gather(*serving, return_exceptions=True)
     finally:
         for listener in listeners:
             listener.close()
 
 
-async def open_store(settings: StoreSettings) -> Store:
-    """The backend ``store.url`` names, opened and migrated (StoreError if it cannot be)."""
+async def _open_and_run(
+    settings: Settings, started: float, role: RoleState, *, metrics: Metrics, source: MqttSource,
+    catalogues: Mapping[str, Catalogue], connection_listeners: list[Callable[[bool], None]],
+    boards: list[Switchboard], servers: list[uvicorn.Server], serving: set[asyncio.Task[None]],
+    stop: asyncio.Event,
+) -> int:
+    """Open the store, wait to be active (the gate), then run as the active instance."""
+    store, leases = await open_store(settings.store, application_name=f"fleetwatch {role.instance}")
+    try:
+        keeper = None if leases is None else LeaseKeeper(leases, role.instance, settings.ha.lease_s,
+                                                          on_role=role.changed)
+        role.keeper = keeper
+        if keeper is None:
+            role.changed(Role.ACTIVE, "the store is SQLite: a single instance")
+        elif not await _wait_for_lease(keeper, stop):
+            log.info("stopping on signal (standby)")
+            return 0
+        else:
+            store.fence(keeper.token)
+        try:
+            return await _run_with_store(
+                settings, store, started, metrics=metrics, source=source, catalogues=catalogues,
+                connection_listeners=connection_listeners, boards=boards, servers=servers, serving=serving,
+                stop=stop, keeper=keeper,
+            )
+        finally:
+            if keeper is not None:
+                for board in boards:
+                    board.install(None)
+                await keeper.release()
+    finally:
+        with contextlib.suppress(Exception):
+            await store.close()
+
+
+class RoleState:
+    """This instance's role as ``/readyz``, ``fleetwatch_role`` and the log say it."""
+
+    def __init__(self, metrics: Metrics, instance: str) -> None:
+        self._metrics = metrics
+        self.instance = instance
+        self.role = Role.STANDBY
+        self.keeper: LeaseKeeper | None = None
+
+    def changed(self, role: Role, why: str) -> None:
+        self.role = role
+        self._metrics.set_role(role)
+        log.info("role changed", role=role.value, reason=why, instance=self.instance)
+
+    def status(self) -> tuple[str, str]:
+        """(role, why not ready) for the Switchboard, while the daemon's app is not installed."""
+        if self.role is Role.ACTIVE:
+            return self.role.value, "restoring the state from the store"
+        if self.keeper is None:
+            return self.role.value, "opening the store"
+        return self.role.value, self.keeper.standby_reason()
+
+
+@contextlib.contextmanager
+def _signals() -> Generator[asyncio.Event, None, None]:
+    """SIGTERM/SIGINT set the event while the daemon runs (from standby to shutdown)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        yield stop
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
+async def _wait_for_lease(keeper: LeaseKeeper, stop: asyncio.Event) -> bool:
+    """Standby until the lease is ours (True) or a signal came first (False)."""
+    acquire = asyncio.create_task(keeper.acquire(), name="lease-acquire")
+    stopper = asyncio.create_task(stop.wait(), name="signal")
+    await asyncio.wait({acquire, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    stopper.cancel()
+    if acquire.done():
+        acquire.result()
+        return True
+    acquire.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await acquire
+    return False
+
+
+async def open_store(settings: StoreSettings, *, application_name: str = "fleetwatch") -> tuple[Store, Leases | None]:
+    """The backend ``store.url`` names, opened and migrated (StoreError if it cannot be), and its
+    lease when several instances may share it (PostgreSQL; None for SQLite, one process's file)."""
     if settings.backend == "postgresql":
-        return await PostgresStore.open(settings.url, dead_letters_kept=settings.dead_letters_kept)
-    return await SqliteStore.open(settings.sqlite_path, dead_letters_kept=settings.dead_letters_kept)
+        pg = await PostgresStore.open(settings.url, dead_letters_kept=settings.dead_letters_kept,
+                                      application_name=application_name)
+        return pg, pg
+    return await SqliteStore.open(settings.sqlite_path, dead_letters_kept=settings.dead_letters_kept), None
 
 
 async def restore_engine(
@@ -213,16 +330,22 @@ async def restore_engine(
 
 
 async def _run_with_store(
-    settings: Settings, store: Store, started: float, *, metrics: Metrics, source: GmqttSource,
-    listeners: list[socket.socket], catalogues: Mapping[str, Catalogue],
-    connection_listeners: list[Callable[[bool], None]],
+    settings: Settings, store: Store, started: float, *, metrics: Metrics, source: MqttSource,
+    catalogues: Mapping[str, Catalogue], connection_listeners: list[Callable[[bool], None]],
+    boards: list[Switchboard], servers: list[uvicorn.Server], serving: set[asyncio.Task[None]],
+    stop: asyncio.Event, keeper: LeaseKeeper | None,
 ) -> int:
+    """The active instance: restore, then serve, ingest and run every background worker."""
     engine = Engine(settings.detect, settings.settlement)
+    active_since = time.perf_counter()
     open_incidents, members = await restore_engine(engine, store, time.time(), settings.detect.recent_txn_keys)
     log.info("state restored", seconds=round(time.perf_counter() - started, 3))
     pipeline = Pipeline(settings, engine, store, metrics)
     pipeline.refresh_snapshot(time.time())
     connection_listeners.append(pipeline.connection_changed)
+    pipeline.connection_changed(source.connected)  # not yet: nothing is judged before we can hear the fleet
+    if keeper is not None:
+        connection_listeners.append(_takeover_timer(settings, active_since))
 
     async def commit(effects: list[Effect]) -> None:
         await pipeline.submit(effects)
@@ -238,11 +361,11 @@ async def _run_with_store(
         clock=time.time, notices=NoticeApi(notices, links), outbox=store,
     )
     pages = merchant_router(notices, links, time.time)
-    servers = [(_server(app, settings.http.host_port), listeners[0])]
-    if len(listeners) > 1:
-        servers.append((_server(merchant_app(pages), listeners[1].getsockname()[:2]), listeners[1]))
+    if len(boards) > 1:
+        boards[1].install(merchant_app(pages))
     else:
         app.include_router(pages)
+    boards[0].install(app)
     await _start_terminal_notices(settings, store, engine, pipeline, source=source, metrics=metrics,
                                   catalogues=catalogues, members=members)
     notifier = AlertmanagerNotifier(
@@ -252,11 +375,6 @@ async def _run_with_store(
         pipeline.add_commit_listener(notifier.on_commit)
     delivery = await _start_notifications(settings, store, pipeline, metrics=metrics, catalogues=catalogues,
                                           open_incidents=open_incidents, members=members)
-
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
 
     retention = RetentionJob(
         store, retention_seconds(settings.store.retain_days, settings.detect.day_s), clock=time.time,
@@ -270,9 +388,10 @@ async def _run_with_store(
         asyncio.create_task(pipeline.run_sweeper(), name="sweeper"),
         asyncio.create_task(retention.run(), name="retention"),
         asyncio.create_task(source.run(pipeline.on_message), name="mqtt"),
-        *(asyncio.create_task(server.serve(sockets=[sock]), name=f"http-{i}")
-          for i, (server, sock) in enumerate(servers)),
+        *serving,
     }
+    if keeper is not None:
+        tasks.add(asyncio.create_task(_hold_lease(keeper), name="lease"))
     # Background workers (they act on the outside world: only an active instance runs them).
     if notifier is not None:
         tasks.add(asyncio.create_task(notifier.run(), name="notifier"))
@@ -285,13 +404,35 @@ async def _run_with_store(
         log.info("stopping after a fatal error", task=next(t.get_name() for t in tasks & done))
     else:
         log.info("stopping on signal")
-    failure = await _shutdown(pipeline, source, [server for server, _ in servers], tasks, failure)
+    failure = await _shutdown(pipeline, source, servers, tasks, failure)
     stopper.cancel()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(sig)
     if failure is not None:
         raise failure
     return 0
+
+
+async def _hold_lease(keeper: LeaseKeeper) -> None:
+    """Renew the lease; once it cannot be renewed, stop (LeaseLost: the ordered shutdown stops
+    intake first, so nothing more is acknowledged, and the CLI exits 6)."""
+    why = await keeper.hold()
+    raise LeaseLost(f"stepped down: {why}")
+
+
+def _takeover_timer(settings: Settings, active_since: float) -> Callable[[bool], None]:
+    """Logs, at the first subscription after taking the lease, how long the takeover took."""
+    done = False
+
+    def on_connection(up: bool) -> None:
+        nonlocal done
+        if not up or done:
+            return
+        done = True
+        seconds = time.perf_counter() - active_since
+        budget = settings.ha.takeover_s - settings.ha.lease_s  # the lease's expiry takes the rest
+        emit = log.warning if seconds > budget else log.info
+        emit("active: restored and subscribed", seconds=round(seconds, 3), budget_s=budget)
+
+    return on_connection
 
 
 def _failure_of(finished: set[asyncio.Task[None]]) -> BaseException | None:
@@ -312,7 +453,7 @@ def _server(app: object, host_port: tuple[str, int]) -> uvicorn.Server:
 
 
 async def _start_terminal_notices(
-    settings: Settings, store: Store, engine: Engine, pipeline: Pipeline, *, source: GmqttSource,
+    settings: Settings, store: Store, engine: Engine, pipeline: Pipeline, *, source: MqttSource,
     metrics: Metrics, catalogues: Mapping[str, Catalogue], members: dict[str, list[tuple[str, str | None]]],
 ) -> None:
     """The terminals' screens: publish what changes, or clear everything when switched off."""
@@ -359,7 +500,7 @@ async def _start_notifications(
 
 
 async def _shutdown(
-    pipeline: Pipeline, source: GmqttSource, servers: list[uvicorn.Server],
+    pipeline: Pipeline, source: MqttSource, servers: list[uvicorn.Server],
     tasks: set[asyncio.Task[None]], failure: BaseException | None,
 ) -> BaseException | None:
     """Stop in order; returns what the daemon failed with (the first failure wins), None on a clean stop."""

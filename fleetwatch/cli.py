@@ -9,6 +9,9 @@ Exit codes (README, docs/operating.md), decided here and nowhere else:
     3  the store cannot be opened, locked or written
     4  a TLS or credential file cannot be read (or the generated token file written)
     5  the HTTP listen address cannot be bound
+    6  this instance was active and lost the high-availability lease (it could not renew it
+       in time, or another instance took it over): it stopped acknowledging and stepped
+       down; the supervisor starts it again, as a standby
   130  interrupted (Ctrl-C) before the daemon took over SIGINT, e.g. during the restore
 
 Each fatal error is one line on stderr naming the problem: a log line for ``run`` and
@@ -27,10 +30,17 @@ from typing import Final
 
 from fleetwatch import __version__
 from fleetwatch.config import Settings, deprecated_settings, effective_settings, load_settings
-from fleetwatch.errors import ConfigError, CredentialFileError, FleetwatchError, ListenError, StoreError
+from fleetwatch.errors import (
+    ConfigError,
+    CredentialFileError,
+    FleetwatchError,
+    LeaseLost,
+    ListenError,
+    StoreError,
+)
 
 EXIT_CODES: Final[dict[type[FleetwatchError], int]] = {
-    ConfigError: 2, StoreError: 3, CredentialFileError: 4, ListenError: 5,
+    ConfigError: 2, StoreError: 3, CredentialFileError: 4, ListenError: 5, LeaseLost: 6,
 }
 EXIT_BUG: Final = 1
 
@@ -172,7 +182,7 @@ async def notice_link(settings: Settings, merchant_id: str, days: float | None, 
     elif stored is not None:  # read beside a running daemon, which holds the store
         key = stored.encode()
     else:  # no daemon has started on this SQLite store yet (or PostgreSQL, which any process may open)
-        store = await open_store(settings.store)
+        store, _ = await open_store(settings.store, application_name="fleetwatch notice-link")
         try:
             key = await link_key(settings, store)
         finally:

@@ -137,6 +137,25 @@ class StoreSettings(_Section):
         return self.url.removeprefix("sqlite:///")
 
 
+class HaSettings(_Section):
+    """Several instances on one PostgreSQL store: one active, the others standby (docs/SCALING.md)."""
+
+    lease_s: float = Field(default=5.0, ge=1.0, le=300.0)
+    """The active instance's lease in the store, renewed every lease_s / 3; when it is not renewed
+    (the active died or lost the store) a standby takes over once it has expired. PostgreSQL only:
+    a SQLite store belongs to one process."""
+    takeover_s: float = Field(default=15.0, gt=0)
+    """What a takeover may take, from the old active's last renewal to the new one subscribed
+    (lease expiry, restore, broker session); a slower one is logged as a warning."""
+
+    @model_validator(mode="after")
+    def _lease_fits(self) -> Self:
+        if self.lease_s >= self.takeover_s:
+            raise ValueError(f"ha.lease_s ({self.lease_s}) must be shorter than ha.takeover_s ({self.takeover_s}): "
+                             "a standby can only take over once the lease has expired")
+        return self
+
+
 class HttpSettings(_Section):
     listen: str = "127.0.0.1:9464"
     api_token: SecretStr = SecretStr("")
@@ -500,6 +519,7 @@ class Settings(BaseSettings):
 
     mqtt: MqttSettings = MqttSettings()
     store: StoreSettings = StoreSettings()
+    ha: HaSettings = HaSettings()
     http: HttpSettings = HttpSettings()
     detect: DetectSettings = DetectSettings()
     settlement: SettlementSettings = SettlementSettings()

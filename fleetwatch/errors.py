@@ -3,6 +3,7 @@
     FleetwatchError
     ├── ConfigError          a setting is missing, malformed or contradictory      (exit 2)
     ├── StoreError           the store cannot be opened, locked or written         (exit 3)
+    │   └── LeaseLost        another instance holds the active lease: stepped down (exit 6)
     ├── CredentialFileError  a TLS or credential file cannot be read or written    (exit 4)
     ├── ListenError          the HTTP listen address cannot be bound               (exit 5)
     └── RequestError         an API request cannot be served as asked (never fatal)
@@ -37,6 +38,12 @@ class ConfigError(FleetwatchError):
 
 class StoreError(FleetwatchError):
     """The store failed; the daemon cannot go on without losing acknowledged data."""
+
+
+class LeaseLost(StoreError):
+    """This instance was active and no longer holds the lease (CONTRACT.md §9): it could not
+    renew it in time, or another instance took it over and the fencing token refused a write.
+    The daemon stops acknowledging and exits; its supervisor starts it again as a standby."""
 
 
 class CredentialFileError(FleetwatchError):

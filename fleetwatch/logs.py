@@ -55,9 +55,6 @@ def configure_logging(settings: LogSettings) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(max(level, logging.WARNING))
-    # gmqtt logs every connection hiccup at WARNING with tracebacks; our source logs
-    # each state change once instead.
-    logging.getLogger("gmqtt").setLevel(logging.CRITICAL)
 
 
 def configure_default_logging() -> None:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from typing import Final, Protocol
 
+from fleetwatch.core.lease import LeaseView
 from fleetwatch.core.model import (
     AcquirerStatus,
     BatchRecord,
@@ -264,6 +265,28 @@ class Store(StoreWriter, StoreRestore, StoreReads, NotificationOutbox, Protocol)
 
     async def close(self) -> None:
         """Close every connection (waits for a write in progress); idempotent."""
+        ...
+
+
+class Leases(Protocol):
+    """The lease row several instances on one store contend for (CONTRACT.md §9, core/lease.py).
+
+    Times are the **database's**: a claim succeeds only when the row has expired by the
+    store's clock, and a renewal sets its expiry to the store's now + ``lease_s``, so no two
+    machines' clocks are ever compared. A claim that succeeds bumps the fencing token;
+    :meth:`Store.fence` then makes every commit check it. Errors are StoreError.
+    """
+
+    async def claim(self, holder: str, lease_s: float) -> LeaseView:
+        """Take the lease if there is none or it has expired (a new token), else say who holds it."""
+        ...
+
+    async def renew(self, holder: str, token: int, lease_s: float) -> LeaseView:
+        """Extend the lease ``holder`` holds with ``token``; ``held`` False once another took it."""
+        ...
+
+    async def release(self, holder: str, token: int) -> None:
+        """Let the lease expire now (a clean stop), if ``holder`` still holds it with ``token``."""
         ...
 
 

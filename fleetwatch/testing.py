@@ -12,10 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator, Coroutine, Mapping, Sequence
+import math
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
+from fleetwatch.core.lease import LeaseView
 from fleetwatch.core.model import (
     AcquirerStatus,
     BatchRecord,
@@ -29,7 +32,7 @@ from fleetwatch.core.model import (
     TerminalNoticeWrite,
     TerminalRecord,
 )
-from fleetwatch.errors import StoreError
+from fleetwatch.errors import LeaseLost, StoreError
 from fleetwatch.storage import outbox, paging
 from fleetwatch.storage.retention import PurgeKind
 from fleetwatch.storage.rows import (
@@ -91,6 +94,8 @@ class _Tables:
     """event_id -> row, in insertion order (the dict's order is ``seq``'s)."""
     secrets: dict[str, str] = field(default_factory=dict)
     leases: dict[str, int] = field(default_factory=dict)
+    lease_rows: dict[str, tuple[str, float]] = field(default_factory=dict)
+    """name -> (holder, expires_at on the store's clock); the token is in ``leases``."""
 
     def copy(self) -> _Tables:
         return _Tables(**{name: dict(value) for name, value in vars(self).items()})
@@ -99,9 +104,13 @@ class _Tables:
 class MemoryStore:
     """The store port (``fleetwatch.ports.Store``) in memory; see the module docstring."""
 
-    def __init__(self, *, dead_letters_kept: int = 1000) -> None:
+    def __init__(self, *, dead_letters_kept: int = 1000, clock: Callable[[], float] = time.monotonic) -> None:
+        """``clock`` is the store's own clock, the one lease expiries are compared with."""
         if dead_letters_kept < 0:
             raise ValueError("dead_letters_kept must be >= 0")
+        self._clock = clock
+        self.lease_failures = 0
+        """The next this many lease calls fail with StoreError (a store that does not answer)."""
         self._dead_letters_kept = dead_letters_kept
         self._t = _Tables()
         self._ids = itertools.count(1)
@@ -125,6 +134,46 @@ class MemoryStore:
     def set_lease(self, token: int) -> None:
         """What a lease holder's takeover would leave in the lease row (tests of fencing)."""
         self._t.leases[LEASE_NAME] = token
+        self._t.lease_rows[LEASE_NAME] = ("other", -math.inf)
+
+    # ---- the lease (ports.Leases), on the store's clock ---------------------------------
+
+    def _lease_call(self) -> None:
+        self._check_open()
+        if self.lease_failures > 0:
+            self.lease_failures -= 1
+            raise StoreError("lease call failed: the store did not answer (MemoryStore.lease_failures)")
+
+    def _lease_view(self, held: bool) -> LeaseView:
+        token = self._t.leases.get(LEASE_NAME)
+        holder, expires_at = self._t.lease_rows.get(LEASE_NAME, (None, -math.inf))
+        return LeaseView(held, token, holder, max(-1.0, expires_at - self._clock()))
+
+    async def claim(self, holder: str, lease_s: float) -> LeaseView:
+        await asyncio.sleep(0)
+        self._lease_call()
+        _, expires_at = self._t.lease_rows.get(LEASE_NAME, (None, -math.inf))
+        if expires_at > self._clock():
+            return self._lease_view(False)
+        self._t.leases[LEASE_NAME] = self._t.leases.get(LEASE_NAME, 0) + 1
+        self._t.lease_rows[LEASE_NAME] = (holder, self._clock() + lease_s)
+        return self._lease_view(True)
+
+    async def renew(self, holder: str, token: int, lease_s: float) -> LeaseView:
+        await asyncio.sleep(0)
+        self._lease_call()
+        row_holder, _ = self._t.lease_rows.get(LEASE_NAME, (None, -math.inf))
+        if row_holder != holder or self._t.leases.get(LEASE_NAME) != token:
+            return self._lease_view(False)
+        self._t.lease_rows[LEASE_NAME] = (holder, self._clock() + lease_s)
+        return self._lease_view(True)
+
+    async def release(self, holder: str, token: int) -> None:
+        await asyncio.sleep(0)
+        self._lease_call()
+        row_holder, _ = self._t.lease_rows.get(LEASE_NAME, (None, -math.inf))
+        if row_holder == holder and self._t.leases.get(LEASE_NAME) == token:
+            self._t.lease_rows[LEASE_NAME] = (holder, -math.inf)
 
     # ---- writer ----------------------------------------------------------------------
 
@@ -142,7 +191,7 @@ class MemoryStore:
 
     def _check_fence(self) -> None:
         if self._fence is not None and self._t.leases.get(LEASE_NAME) != self._fence:
-            raise StoreError(f"write refused: the lease token is {self._t.leases.get(LEASE_NAME)}, "
+            raise LeaseLost(f"write refused: the lease token is {self._t.leases.get(LEASE_NAME)}, "
                              f"this instance holds {self._fence}")
 
     async def write_prepared(self, prepared: PreparedWrite) -> None:

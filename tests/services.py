@@ -81,7 +81,10 @@ class Broker:
             f"persistence_location {self.workdir}/\n"
             "max_queued_messages 1000000\n"
             "max_inflight_messages 1000\n"
-            "log_dest none\n",
+            "log_dest none\n"
+            # As root Mosquitto drops to its own user, which cannot write the persistence file
+            # in the test's root-owned folder: sessions would not survive a restart.
+            + ("user root\n" if os.geteuid() == 0 else ""),
             encoding="utf-8",
         )
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL,
@@ -269,6 +272,9 @@ class Daemon:
             "http": {"listen": f"127.0.0.1:{self.http_port}", "api_token": self.token},
             "log": {"format": "json", "reject_log_interval_s": 0},
         }
+        if self.store_url is not None:
+            # On PostgreSQL the daemon holds a lease; a restart after SIGKILL waits for it to expire.
+            sections["ha"] = {"lease_s": 2.0}
         for section, values in self.overrides.items():
             sections.setdefault(section, {}).update(values)
         lines: list[str] = []

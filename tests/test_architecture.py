@@ -52,11 +52,15 @@ def test_adapters_never_import_each_other(path: Path) -> None:
         assert module not in ("fleetwatch.pipeline", "fleetwatch.app"), f"{path.name} imports {module}"
 
 
-def test_only_the_mqtt_adapter_knows_gmqtt() -> None:
-    """Swapping the MQTT library touches one file (docs/decisions/0001-gmqtt.md)."""
+def test_only_the_mqtt_adapter_knows_the_mqtt_client() -> None:
+    """Swapping the MQTT client touches one file (docs/decisions/0006-adapter-on-the-lean-client.md):
+    besides the client itself only adapters/mqtt.py imports fleetwatch.mqtt5, and nothing imports
+    gmqtt any more."""
     users = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
-                   if any(m.split(".")[0] == "gmqtt" for m in imported_modules(p)))
+                   if p.parent.name != "mqtt5"
+                   and any(m.startswith("fleetwatch.mqtt5") for m in imported_modules(p)))
     assert users == ["adapters/mqtt.py"]
+    assert not [p for p in PACKAGE.rglob("*.py") if any(m.split(".")[0] == "gmqtt" for m in imported_modules(p))]
 
 
 NEUTRAL_STORE_CODE = [*sorted((PACKAGE / "storage").glob("*.py")), PACKAGE / "testing.py"]

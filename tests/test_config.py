@@ -121,3 +121,15 @@ def test_notice_and_calendar_settings_are_checked() -> None:
     ok = load_settings(None, {"notice": {"public_url": "https://n.example.cn/", "listen": "[::]:9465"}})
     assert ok.notice.public_url == "https://n.example.cn"
     assert ok.notice.host_port == ("::", 9465)
+
+
+def test_ha_lease_must_be_shorter_than_the_takeover_it_is_part_of() -> None:
+    """A standby takes over only once the lease has expired: a lease as long as the takeover
+    budget can never meet it, and is refused (exit 2) naming both settings."""
+    ok = load_settings(None, {"ha": {"lease_s": 2, "takeover_s": 10}})
+    assert (ok.ha.lease_s, ok.ha.takeover_s) == (2, 10)
+    assert (load_settings().ha.lease_s, load_settings().ha.takeover_s) == (5, 15)
+    with pytest.raises(ConfigError, match=r"ha.lease_s \(20.0\) must be shorter than ha.takeover_s \(15.0\)"):
+        load_settings(None, {"ha": {"lease_s": 20}})
+    with pytest.raises(ConfigError, match=r"ha\.lease_s"):
+        load_settings(None, {"ha": {"lease_s": 0.5}})

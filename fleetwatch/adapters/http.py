@@ -309,6 +309,48 @@ def _notice_routes(app: FastAPI, auth: list[Any], notices: Notices, clock: Calla
         return NoticeLinkOut(url=url, expires_at=rfc3339(exp) or "")
 
 
+class Switchboard:
+    """The ASGI app the HTTP servers run from the start: the daemon's app once installed, and
+    until then (or again after stepping down) the answers of an instance that is not serving.
+
+    A standby (CONTRACT.md §9) and an active still restoring its state answer ``/healthz``
+    200, ``/metrics`` (their role, their lease), ``/readyz`` 503 with the role and the reason,
+    and 503 for everything else (``/api/``, ``/m/``): their store may be seconds behind, and
+    an action must go through the one engine that holds the lease.
+    """
+
+    def __init__(self, exposition: Callable[[], bytes], status: Callable[[], tuple[str, str]]) -> None:
+        """``status`` answers (role, why not ready) while no app is installed."""
+        self._exposition = exposition
+        self._status = status
+        self._app: ASGIApp | None = None
+
+    def install(self, app: ASGIApp | None) -> None:
+        """Serve ``app`` from now on (None: back to the not-serving answers)."""
+        self._app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        app = self._app
+        if app is not None:
+            await app(scope, receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        path = scope.get("path", "")
+        response: Response
+        if path == "/healthz":
+            response = JSONResponse({"status": "ok"})
+        elif path == "/metrics":
+            response = Response(self._exposition(), media_type="text/plain; version=0.0.4; charset=utf-8")
+        else:
+            role, reason = self._status()
+            body: dict[str, str | None] = (
+                {"status": "not ready", "role": role, "reason": reason} if path == "/readyz" else {"detail": reason}
+            )
+            response = JSONResponse(body, status_code=503, headers={"Retry-After": "1"})
+        await response(scope, receive, send)
+
+
 class BearerToken:
     """Dependency: 401 unless ``Authorization: Bearer <token>`` matches (constant-time compare).
 
@@ -360,7 +402,8 @@ def build_app(
 
     @app.get("/readyz", include_in_schema=False)
     async def readyz(response: Response) -> dict[str, str | None]:
-        # CONTRACT.md §9's shape; one daemon per store is always the active one until HA lands.
+        # CONTRACT.md §9's shape. Only the active instance serves this app (a standby's answers
+        # are the Switchboard's).
         reason = not_ready_reason()
         if reason is None:
             return {"status": "ready", "role": "active", "reason": None}

@@ -17,6 +17,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from fleetwatch import __version__
+from fleetwatch.core.lease import ROLES, Role
 from fleetwatch.core.model import CAUSES, KINDS, MESSAGE_TYPES, REJECT_REASONS, SCOPES, SEVERITIES, TERMINAL_STATES
 from fleetwatch.core.notify_events import EVENT_TYPES
 from fleetwatch.core.settlement import minor_to_major
@@ -185,10 +186,15 @@ class Metrics:
             "fleetwatch_notification_queue_depth", "Merchant notification events pending (waiting or retrying).",
             registry=r,
         )
+        self.role = Gauge(
+            "fleetwatch_role", "1 for this instance's role (active: holds the store's lease and the broker session).",
+            ["role"], registry=r,
+        )
         self.build_info = Gauge(
             "fleetwatch_build_info", "Always 1; the version label says which build runs.", ["version"], registry=r,
         )
         self.build_info.labels(version=__version__).set(1)
+        self.set_role(Role.STANDBY)
         for table in DELETED_TABLES:
             self.store_rows_deleted.labels(table=table)
         for message_type in MESSAGE_TYPES:
@@ -221,6 +227,10 @@ class Metrics:
             self.notifications_failed.labels(channel=channel).inc()
         else:
             self.notification_retries.labels(channel=channel).inc()
+
+    def set_role(self, role: Role) -> None:
+        for each in ROLES:
+            self.role.labels(role=each).set(1 if each is role else 0)
 
     def exposition(self) -> bytes:
         """The text format served at /metrics."""

@@ -1,16 +1,20 @@
-"""The MQTT MessageSource, on gmqtt over MQTT 5 (docs/decisions/0001-gmqtt.md).
+"""The MQTT MessageSource, on our lean MQTT 5 client (docs/decisions/0006-adapter-on-the-lean-client.md).
 
-Why the few overrides of gmqtt below:
+What this adapter adds to :mod:`fleetwatch.mqtt5` (which only speaks the protocol):
 
-* **Acknowledge after commit.** With ``optimistic_acknowledgement=False`` gmqtt would
-  only PUBACK after an *async* ``on_message`` finishes, which means one asyncio task
-  per message. We instead hand every message to the sink synchronously and send the
-  PUBACK of a QoS 1 delivery from the done-callback of the future the sink returns (the
-  future of the store batch holding it). No task per message; nothing acknowledged
-  before it is durable.
-* **Our reconnect policy.** gmqtt's own reconnect uses a fixed delay; fleetwatch
-  reconnects forever with jittered exponential backoff, logs each state change once
-  and counts reconnects, so gmqtt's automatic reconnect is switched off.
+* **Acknowledge after commit.** Every delivery is handed to the sink synchronously, from
+  the client's parse loop: no task, no queue, no log call per message. A QoS 1 delivery
+  is acknowledged from the done-callback of the future the sink returns (the future of
+  the store batch holding it). All the QoS 1 deliveries of one batch share that future,
+  so the adapter adds **one** callback per batch and it acknowledges the whole batch at
+  once (the client writes those PUBACKs in one ``write``). A failed commit is never
+  acknowledged (the broker redelivers; the engine drops a duplicate txn_id), and an ack
+  is bound to the connection that delivered the message: after a reconnect the broker
+  redelivers instead (DUP set), because the packet id may by then name another message.
+* **Our reconnect policy.** The client never reconnects by itself; :meth:`MqttSource.run`
+  reconnects forever with full-jitter exponential backoff, logs each state change once
+  and counts reconnects. It connects only when ``run()`` is called, so a standby that
+  never runs its source never takes the shared session over.
 * **A refused login is not fatal.** A wrong password, a client the broker does not
   authorise or a broker that is not up yet are all retried with the same backoff: the
   operator can fix the broker's password file or ACL without restarting fleetwatch. Each
@@ -21,13 +25,15 @@ Why the few overrides of gmqtt below:
   (``credentials.mqtt_tls_context``): retrying cannot make a missing file appear.
 
 The session is persistent (clean start off, a session expiry), so QoS 1 messages
-published while the daemon is away are queued by the broker and delivered afterwards.
+published while the daemon is away are queued by the broker and delivered afterwards;
+Receive Maximum (``mqtt.receive_maximum``) bounds what the broker sends us unacknowledged.
 
 **Publishing** (the terminals' retained notices, CONTRACT §5) goes through the same
-connection: :meth:`GmqttSource.publish` queues a retained QoS 1 message, at most
-``mqtt.publish_max_inflight`` wait for their PUBACK at once, a newer payload for a topic
-replaces an older one still queued (a screen only needs its latest state), and whatever
-was in flight when the connection dropped is sent again after the reconnect. The
+session: :meth:`MqttSource.publish` queues a retained QoS 1 message in the
+:class:`Outbox`, which keeps only the newest payload per topic and one message per topic
+in flight, at most ``mqtt.publish_max_inflight`` at once. Nothing is handed to the client
+while disconnected (so a newer payload still replaces an older one); what was in flight
+when the connection dropped is resent by the client, DUP set, after the reconnect. The
 ``on_acked`` callback runs once the broker has the message.
 """
 
@@ -35,22 +41,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import random
 import ssl
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Final
+from functools import partial
+from typing import Final
 from urllib.parse import unquote, urlsplit
 
 import structlog
-from gmqtt import Client, Message, Subscription
-from gmqtt.mqtt.constants import MQTTv50
-from gmqtt.mqtt.handler import MQTTConnectError
 
 from fleetwatch.config import MqttSettings
 from fleetwatch.credentials import mqtt_tls_context
 from fleetwatch.logs import RateLimitedLog
+from fleetwatch.mqtt5 import Client, ConnectOptions, ConnectRefused, MqttError, PublishRefused, SubscribeRefused
+from fleetwatch.mqtt5.client import Connection
 from fleetwatch.ports import MQTT5_CONNACK_REASONS, ConnectFailure, MessageSink
 
 log = structlog.get_logger("fleetwatch.mqtt")
@@ -60,38 +66,29 @@ Acked = Callable[[], None]
 TOPIC_SUFFIXES = ("term/+/heartbeat", "term/+/txn", "term/+/batch", "term/+/state", "host/settlement",
                   "host/terminal/+/status")
 
+CONNECT_TIMEOUT_S: Final = 10.0
+"""How long one attempt may take to get its CONNACK, and then its SUBACK."""
+
 
 def subscription_topics(prefix: str) -> list[str]:
     """The contract's topic families under ``prefix`` (CONTRACT §1, and the acquirer's statuses of §7)."""
     return [f"{prefix}/{suffix}" for suffix in TOPIC_SUFFIXES]
 
 
-MQTT311_CONNACK_REASONS: Final[dict[int, str]] = {
-    1: "unsupported_protocol_version", 2: "client_identifier_not_valid", 3: "server_unavailable",
-    4: "bad_user_name_or_password", 5: "not_authorized", 10: "malformed_packet",
-}
-"""MQTT 3.1.1's return codes (gmqtt falls back to 3.1.1 for an old broker; 10 is gmqtt's
-own "cannot parse the CONNACK"), named as their MQTT 5 counterparts."""
-
-
-class SubscriptionRefused(Exception):
-    """The broker answered our SUBSCRIBE with a failure code (usually its ACL)."""
-
-
 def connect_failure(exc: BaseException) -> ConnectFailure:
     """Classify a failed connection attempt into a bounded reason and the peer's own words."""
-    if isinstance(exc, MQTTConnectError):
-        code = getattr(exc, "_code", None)
-        name = MQTT5_CONNACK_REASONS.get(code) or MQTT311_CONNACK_REASONS.get(code) or "other"  # type: ignore[arg-type]
-        return ConnectFailure(name, f"broker refused the connection: {exc.message}")
+    if isinstance(exc, ConnectRefused):  # LoginRefused too: the CONNACK's reason code
+        return ConnectFailure(MQTT5_CONNACK_REASONS.get(exc.code, "other"), str(exc))
+    if isinstance(exc, SubscribeRefused):
+        return ConnectFailure("subscribe_refused", f"broker refused the subscription: {exc}")
     if isinstance(exc, ssl.SSLError):  # before OSError: SSLError is one
         return ConnectFailure("tls", f"TLS failed: {getattr(exc, 'verify_message', None) or exc.reason or exc}")
     if isinstance(exc, TimeoutError):
         return ConnectFailure("timeout", "no answer from the broker in time")
     if isinstance(exc, OSError):
         return ConnectFailure("unreachable", f"cannot reach the broker: {exc.strerror or exc}")
-    if isinstance(exc, SubscriptionRefused):
-        return ConnectFailure("subscribe_refused", f"broker refused the subscription: {exc}")
+    if isinstance(exc, MqttError):
+        return ConnectFailure("other", str(exc))
     return ConnectFailure("other", f"{type(exc).__name__}: {exc}")
 
 
@@ -133,6 +130,19 @@ def broker_address(settings: MqttSettings) -> BrokerAddress:
     )
 
 
+def connect_options(settings: MqttSettings, address: BrokerAddress) -> ConnectOptions:
+    """CONNECT for the daemon's one persistent session (clean start off, a session expiry)."""
+    return ConnectOptions(
+        client_id=settings.client_id,
+        keepalive=settings.keepalive_s,
+        clean_start=False,
+        session_expiry=settings.session_expiry_s,
+        receive_maximum=settings.receive_maximum,
+        username=address.username,
+        password=address.password.encode("utf-8") if address.password is not None else None,
+    )
+
+
 @dataclass(slots=True)
 class Outbox:
     """Outgoing retained QoS 1 messages: newest payload per topic, a bounded in-flight window.
@@ -163,36 +173,21 @@ class Outbox:
                     break
         return [(topic, *self.queued.pop(topic)) for topic in picked]
 
-    def sent(self, mid: int, topic: str, payload: bytes, on_acked: Acked | None) -> None:
-        self.inflight[mid] = (topic, payload, on_acked)
+    def sent(self, key: int, topic: str, payload: bytes, on_acked: Acked | None) -> None:
+        self.inflight[key] = (topic, payload, on_acked)
         self.busy.add(topic)
 
-    def acked(self, mid: int) -> tuple[str, bytes, Acked | None] | None:
-        found = self.inflight.pop(mid, None)
+    def acked(self, key: int) -> tuple[str, bytes, Acked | None] | None:
+        found = self.inflight.pop(key, None)
         if found is not None:
             self.busy.discard(found[0])
         return found
-
-    def requeue(self) -> None:
-        """The connection dropped: what was in flight goes back, unless something newer is queued."""
-        for topic, payload, on_acked in self.inflight.values():
-            if topic not in self.queued:
-                self.queued[topic] = (payload, on_acked)
-        self.inflight.clear()
-        self.busy.clear()
 
     def __len__(self) -> int:
         return len(self.queued) + len(self.inflight)
 
 
-class _ManualReconnectClient(Client):  # type: ignore[misc]  # gmqtt ships no type hints
-    """gmqtt Client whose built-in reconnect is disabled: GmqttSource owns that loop."""
-
-    async def reconnect(self, delay: bool = False) -> None:
-        return None
-
-
-class GmqttSource:
+class MqttSource:
     """Subscribes to the contract's topics and feeds a MessageSink, reconnecting forever."""
 
     def __init__(
@@ -209,16 +204,20 @@ class GmqttSource:
         self._on_connected_change = on_connected_change or (lambda _up: None)
         self._on_reconnect = on_reconnect or (lambda: None)
         self._on_connect_failed = on_connect_failed or (lambda _failure: None)
-        self._client: Any = None
+        self._client = Client(connect_options(settings, self._address), self._on_publish,
+                              outbound_inflight=settings.publish_max_inflight)
         self._connected = False
         self._failure: ConnectFailure | None = None
-        self._refusal: str | None = None
         self._stopping = asyncio.Event()
-        self._lost = asyncio.Event()
-        self._subscribed = asyncio.Event()
         self._sink: MessageSink | None = None
         self._outbox = Outbox(settings.publish_max_inflight)
+        self._keys = itertools.count(1)
         self._refused_log = RateLimitedLog(60.0)
+        # The acknowledgements of the batch being filled: its commit future, the connection
+        # the deliveries came on, and their packet ids (one done-callback per batch).
+        self._batch_future: asyncio.Future[None] | None = None
+        self._batch_conn: Connection | None = None
+        self._batch_ids: list[int] = []
 
     @property
     def connected(self) -> bool:
@@ -228,20 +227,29 @@ class GmqttSource:
     def failure(self) -> ConnectFailure | None:
         return self._failure
 
+    @property
+    def duplicates(self) -> int:
+        """Deliveries the broker flagged DUP on the current connection (redelivered after a reconnect)."""
+        conn = self._client.connection
+        return conn.reader.duplicates if conn is not None else 0
+
     async def run(self, sink: MessageSink) -> None:
+        """Connect (only now), subscribe and deliver; reconnect with backoff until ``stop()``."""
         self._sink = sink
         attempt = 0
         while not self._stopping.is_set():
             try:
                 await self._connect_and_subscribe()
             except Exception as exc:  # every failure is retried: the broker may be restarting or be fixed
+                if self._stopping.is_set():
+                    break  # stop() closed the attempt in progress
                 failure = connect_failure(exc)
                 self._on_connect_failed(failure)
                 if failure != self._failure:
                     log.warning("mqtt connect failed, retrying with backoff", reason=failure.reason,
                                 detail=failure.detail, url=self._safe_url())
                     self._failure = failure
-                await self._drop_client()
+                await self._drop_connection()
                 attempt += 1
                 await self._sleep_or_stop(backoff_delay(attempt, self._settings.reconnect_max_s))
                 continue
@@ -252,16 +260,42 @@ class GmqttSource:
             attempt, self._failure = 0, None
             self._set_connected(True)
             self._drain()
-            await self._wait_lost_or_stop()
+            cause = await self._wait_lost_or_stop()
             self._set_connected(False)
-            self._outbox.requeue()
             if not self._stopping.is_set():
-                log.warning("mqtt connection lost, reconnecting")
+                log.warning("mqtt connection lost, reconnecting", cause=str(cause) if cause else None)
                 attempt = 1
-                await self._drop_client()
+                await self._drop_connection()
                 await self._sleep_or_stop(backoff_delay(attempt, self._settings.reconnect_max_s))
 
-    # ---- publishing (MessagePublisher) ----------------------------------------------
+    async def stop(self) -> None:
+        """Stop intake: DISCONNECT (the session stays, its unacknowledged deliveries redelivered later)."""
+        self._stopping.set()
+        with contextlib.suppress(Exception):
+            await self._client.disconnect(within=2.0)
+        self._set_connected(False)
+
+    # ---- receiving (the client's parse loop calls this once per PUBLISH) -----------------
+
+    def _on_publish(self, topic: str, payload: bytes, qos: int, retain: bool, packet_id: int) -> None:
+        sink = self._sink
+        assert sink is not None
+        durable = sink(topic, payload, qos, retain)
+        if not qos:
+            return
+        conn = self._client.connection
+        if conn is None:
+            return  # not acknowledged: the broker redelivers it
+        if durable is None:
+            conn.puback(packet_id)
+        elif durable is self._batch_future and conn is self._batch_conn:
+            self._batch_ids.append(packet_id)
+        else:
+            ids = [packet_id]
+            self._batch_future, self._batch_conn, self._batch_ids = durable, conn, ids
+            durable.add_done_callback(partial(_acknowledge, conn, ids))
+
+    # ---- publishing (MessagePublisher) ---------------------------------------------------
 
     def publish(self, topic: str, payload: bytes, *, on_acked: Acked | None = None) -> None:
         """Queue a retained QoS 1 message (b"" clears the retained one); sent when connected."""
@@ -274,100 +308,50 @@ class GmqttSource:
         return len(self._outbox)
 
     def _drain(self) -> None:
-        client = self._client
-        if client is None or not self._connected:
+        if not self._connected:
             return
         for topic, payload, on_acked in self._outbox.sendable():
-            try:
-                mid, _ = client._connection.publish(Message(topic, payload, qos=1, retain=True))
-            except Exception:  # the transport is closing: send again after the reconnect
-                self._outbox.put(topic, payload, on_acked)
-                return
-            self._outbox.sent(mid, topic, payload, on_acked)
+            key = next(self._keys)
+            self._outbox.sent(key, topic, payload, on_acked)
+            self._client.publish(topic, payload, retain=True).add_done_callback(partial(self._published, key))
 
-    def _puback_handler(self, client: Any) -> Callable[[int, bytes], None]:
-        handler = client._package_handler
-        original = handler._handle_puback_packet
-
-        def handle(cmd: int, packet: bytes) -> None:
-            original(cmd, packet)
-            if client is not self._client or len(packet) < 2:
-                return
-            (mid,) = struct.unpack("!H", packet[:2])
-            reason = packet[2] if len(packet) > 2 else 0
-            done = self._outbox.acked(mid)
-            if done is not None:
-                topic, _, on_acked = done
-                if reason >= 0x80:
-                    # Refused (0x87: the ACL does not let us write it): retrying cannot help.
-                    if self._refused_log.should_log("puback")[0]:
-                        log.error("broker refused a notice publish", topic=topic, reason_code=hex(reason))
-                elif on_acked is not None:
+    def _published(self, key: int, future: asyncio.Future[None]) -> None:
+        done = self._outbox.acked(key)
+        if done is not None and not future.cancelled():
+            topic, _, on_acked = done
+            exc = future.exception()
+            if exc is None:
+                if on_acked is not None:
                     on_acked()
-            self._drain()
+            elif self._refused_log.should_log("puback")[0]:
+                # Refused (0x87: the ACL does not let us write it): retrying cannot help.
+                code = hex(exc.code) if isinstance(exc, PublishRefused) else None
+                log.error("broker refused a notice publish", topic=topic, reason_code=code, error=str(exc))
+        self._drain()
 
-        return handle
-
-    async def stop(self) -> None:
-        self._stopping.set()
-        client = self._client
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), timeout=2)
-        self._set_connected(False)
-
-    # ---- connection ---------------------------------------------------------------
+    # ---- connection ----------------------------------------------------------------------
 
     async def _connect_and_subscribe(self) -> None:
-        self._lost.clear()
-        self._subscribed.clear()
-        self._refusal = None
-        client = _ManualReconnectClient(
-            self._settings.client_id,
-            clean_session=False,
-            optimistic_acknowledgement=False,
-            session_expiry_interval=self._settings.session_expiry_s,
-            receive_maximum=self._settings.receive_maximum,
-        )
-        client.on_message = self._on_qos0_message
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        # QoS 1 deliveries go through our handler: ack from the commit future, no task.
-        client._package_handler._handle_qos_1_publish_packet = self._qos1_handler(client)
-        client._package_handler._handle_puback_packet = self._puback_handler(client)
-        if self._address.username is not None:
-            client.set_auth_credentials(self._address.username, self._address.password)
-        self._client = client
-        await asyncio.wait_for(
-            client.connect(
-                self._address.host,
-                self._address.port,
-                ssl=self._address.tls or False,
-                keepalive=self._settings.keepalive_s,
-                version=MQTTv50,
-            ),
-            timeout=10,
-        )
-        client.subscribe([Subscription(topic, qos=1) for topic in self._topics])
-        await asyncio.wait_for(self._subscribed.wait(), timeout=10)
-        if self._refusal is not None:
-            raise SubscriptionRefused(self._refusal)
+        client = self._client
+        address = self._address
+        await client.connect(address.host, address.port, ssl=address.tls, within=CONNECT_TIMEOUT_S)
+        await client.subscribe([(topic, 1) for topic in self._topics], within=CONNECT_TIMEOUT_S)
         log.info("mqtt subscribed", url=self._safe_url(), topics=len(self._topics))
 
-    async def _drop_client(self) -> None:
-        client, self._client = self._client, None
-        if client is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.disconnect(), timeout=1)
+    async def _drop_connection(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._client.disconnect(within=1.0)
 
-    async def _wait_lost_or_stop(self) -> None:
-        lost = asyncio.ensure_future(self._lost.wait())
+    async def _wait_lost_or_stop(self) -> MqttError | None:
+        lost = asyncio.ensure_future(self._client.wait_closed())
         stop = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({lost, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            lost.cancel()
             stop.cancel()
+            if not lost.done():
+                lost.cancel()
+        return lost.result() if lost.done() and not lost.cancelled() else None
 
     async def _sleep_or_stop(self, seconds: float) -> None:
         with contextlib.suppress(asyncio.TimeoutError):
@@ -381,40 +365,9 @@ class GmqttSource:
     def _safe_url(self) -> str:
         return f"{'mqtts' if self._address.tls else 'mqtt'}://{self._address.host}:{self._address.port}"
 
-    # ---- gmqtt callbacks ----------------------------------------------------------
 
-    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
-        if client is self._client:
-            self._lost.set()
-
-    def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
-        failed = [q for q in qos if q >= 0x80]
-        if failed:
-            self._refusal = ", ".join(MQTT5_CONNACK_REASONS.get(q, hex(q)) for q in sorted(set(failed)))
-        self._subscribed.set()
-
-    def _on_qos0_message(self, client: Any, topic: str, payload: bytes, qos: int, properties: Any) -> None:
-        """QoS 0 (and, via gmqtt, QoS 2, which the contract does not use) deliveries."""
-        assert self._sink is not None
-        self._sink(topic, payload, qos, bool(properties.get("retain")))
-
-    def _qos1_handler(self, client: Any) -> Callable[[int, bytes, str, dict[str, Any]], None]:
-        handler = client._package_handler
-
-        def handle(mid: int, payload: bytes, topic: str, properties: dict[str, Any]) -> None:
-            assert self._sink is not None
-            if isinstance(topic, bytes):  # gmqtt passes undecodable topics through as bytes
-                topic = topic.decode("utf-8", "replace")
-            durable = self._sink(topic, payload, 1, bool(properties.get("retain")))
-            if durable is None:
-                handler._send_puback(mid)
-                return
-
-            def ack(future: asyncio.Future[None]) -> None:
-                # A failed commit is never acknowledged: the broker redelivers it.
-                if not future.cancelled() and future.exception() is None and client is self._client:
-                    handler._send_puback(mid)
-
-            durable.add_done_callback(ack)
-
-        return handle
+def _acknowledge(conn: Connection, packet_ids: list[int], future: asyncio.Future[None]) -> None:
+    """A batch committed: acknowledge its QoS 1 deliveries (on their connection, if it is still up).
+    A failed or refused commit is never acknowledged: the broker redelivers."""
+    if not future.cancelled() and future.exception() is None:
+        conn.puback_many(packet_ids)

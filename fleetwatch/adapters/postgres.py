@@ -17,6 +17,11 @@ tests run both); what differs is how the rows travel (docs/decisions/0004-asyncp
   the lease row ``FOR SHARE``: a takeover that bumps the token waits for a write in
   progress, and every later write of the old holder fails, so two instances can never
   both commit (the high-availability role logic sets and renews the lease).
+- **The lease on the database's clock.** ``claim``/``renew``/``release`` (ports.Leases)
+  compare and set the lease row's expiry with ``clock_timestamp()``, so the instances
+  never compare their own clocks; they run on a connection of their own, opened when
+  first needed, so a renewal never queues behind a write or a restore, and a renewal
+  that cannot get an answer in time fails fast (its timeout is the caller's).
 - **Errors translated once.** asyncpg's and the socket's errors become StoreError here,
   with the URL's password masked; nothing above this module knows asyncpg exists.
 """
@@ -26,12 +31,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Coroutine, Iterator, Mapping, Sequence
-from typing import Any, Final
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator, Mapping, Sequence
+from typing import Any, Final, TypeVar
 
 import asyncpg
 
 from fleetwatch.config import mask_url
+from fleetwatch.core.lease import LeaseView
 from fleetwatch.core.model import (
     AcquirerStatus,
     BatchRecord,
@@ -45,7 +51,7 @@ from fleetwatch.core.model import (
     TerminalNoticeWrite,
     TerminalRecord,
 )
-from fleetwatch.errors import StoreError
+from fleetwatch.errors import LeaseLost, StoreError
 from fleetwatch.storage import outbox, paging
 from fleetwatch.storage.migrations import SCHEMA_VERSION_DDL, migrations, pending
 from fleetwatch.storage.retention import PurgeKind
@@ -95,6 +101,8 @@ MIGRATION_LOCK: Final = 0x666C6565  # "flee": one key for "some instance is migr
 
 LEASE_NAME: Final = "active"
 
+_T = TypeVar("_T")
+
 _DATA_ERRORS: Final = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError,
                        TimeoutError)
 """Everything asyncpg or the socket raise for a failed statement or connection: each becomes a StoreError."""
@@ -138,6 +146,23 @@ def _command_count(status: str) -> int:
     tail = status.rsplit(" ", 1)[-1]
     return int(tail) if tail.isdigit() else 0
 
+
+_DB_NOW: Final = "extract(epoch FROM clock_timestamp())::float8"
+"""The database's clock in epoch seconds: the only clock lease expiries are compared with."""
+_LEASE_ROW: Final = f"SELECT holder, token, expires_at - {_DB_NOW} AS remaining FROM leases WHERE name = $1"
+_LEASE_INSERT: Final = (f"INSERT INTO leases (name, holder, token, expires_at) VALUES ($1, $2, 1, {_DB_NOW} + $3) "
+                        "ON CONFLICT (name) DO NOTHING RETURNING token")
+_LEASE_TAKE: Final = (
+    f"UPDATE leases SET holder = $2, token = token + 1, expires_at = {_DB_NOW} + $3 "
+    f"WHERE name = $1 AND token = $4 AND expires_at <= {_DB_NOW} RETURNING token"
+)
+"""Takes an expired lease; waits for a write in progress (its fence check holds the row FOR
+SHARE), and after a renewal or another's takeover it no longer matches: nothing changes."""
+_LEASE_RENEW: Final = (
+    f"UPDATE leases SET expires_at = {_DB_NOW} + $4 WHERE name = $1 AND holder = $2 AND token = $3 "
+    f"RETURNING expires_at - {_DB_NOW}"
+)
+_LEASE_RELEASE: Final = "UPDATE leases SET expires_at = 0 WHERE name = $1 AND holder = $2 AND token = $3"
 
 _OPEN_BATCH_OF: Final = (
     "EXISTS (SELECT 1 FROM batches b WHERE b.terminal_id = x.terminal_id AND b.batch_no = x.batch_no "
@@ -234,9 +259,11 @@ class PostgresStore:
     Implements :class:`fleetwatch.ports.Store` exactly as :class:`SqliteStore` does.
     """
 
-    def __init__(self, writer: Any, pool: Any, where: str, dead_letters_kept: int,
-                 types: dict[str, dict[str, str]]) -> None:
+    def __init__(self, writer: Any, pool: Any, where: str, dead_letters_kept: int,  # noqa: PLR0917 - see open()
+                 types: dict[str, dict[str, str]], connect: Any = None) -> None:
         """Use :meth:`open`."""
+        self._connect: Any = connect
+        self._lease_conn: Any = None
         self._writer: Any = writer
         self._pool: Any = pool
         self._where = where
@@ -247,12 +274,17 @@ class PostgresStore:
         self._fence: int | None = None
 
     @classmethod
-    async def open(cls, url: str, *, dead_letters_kept: int = 1000, pool_size: int = POOL_SIZE) -> PostgresStore:
-        """Connect, migrate (creating every table on an empty database), and open the read pool."""
+    async def open(cls, url: str, *, dead_letters_kept: int = 1000, pool_size: int = POOL_SIZE,
+                   application_name: str = "fleetwatch") -> PostgresStore:
+        """Connect, migrate (creating every table on an empty database), and open the read pool.
+
+        ``application_name`` is what ``pg_stat_activity`` shows for every connection (the
+        daemon puts its instance's name in it, so an operator can tell two instances apart).
+        """
         if dead_letters_kept < 0:
             raise ValueError("dead_letters_kept must be >= 0")
         where = mask_url(url)
-        settings = {"application_name": "fleetwatch"}
+        settings = {"application_name": application_name[:63]}
         writer = pool = None
         try:
             with _translated("opening the store", where):
@@ -266,7 +298,11 @@ class PostgresStore:
                 with contextlib.suppress(*_DATA_ERRORS):
                     await writer.close()
             raise
-        return cls(writer, pool, where, dead_letters_kept, types)
+
+        def connect(timeout: float) -> Any:
+            return asyncpg.connect(url, timeout=timeout, command_timeout=COMMAND_TIMEOUT_S, server_settings=settings)
+
+        return cls(writer, pool, where, dead_letters_kept, types, connect)
 
     async def close(self) -> None:
         """Close the writer and the pool (waits for a write in progress); idempotent."""
@@ -274,6 +310,9 @@ class PostgresStore:
             return
         async with self._write_lock:
             self._closed = True
+            if self._lease_conn is not None:
+                with contextlib.suppress(*_DATA_ERRORS):
+                    await self._lease_conn.close()
             with contextlib.suppress(*_DATA_ERRORS):
                 await self._pool.close()
             with contextlib.suppress(*_DATA_ERRORS):
@@ -334,7 +373,59 @@ class PostgresStore:
             return
         held = await conn.fetchval("SELECT token FROM leases WHERE name = $1 FOR SHARE", LEASE_NAME)
         if held != self._fence:
-            raise StoreError(f"write refused: the lease token is {held}, this instance holds {self._fence}")
+            raise LeaseLost(f"write refused: the lease token is {held}, this instance holds {self._fence}")
+
+    # ---- the lease (ports.Leases) ------------------------------------------------------
+
+    async def claim(self, holder: str, lease_s: float) -> LeaseView:
+        """Take the lease if it is free or expired (token + 1); otherwise report the row."""
+        async def attempt(conn: Any) -> LeaseView:
+            row = await conn.fetchrow(_LEASE_ROW, LEASE_NAME)
+            if row is None:
+                token = await conn.fetchval(_LEASE_INSERT, LEASE_NAME, holder, lease_s)
+            elif row["remaining"] <= 0:
+                token = await conn.fetchval(_LEASE_TAKE, LEASE_NAME, holder, lease_s, row["token"])
+            else:
+                return LeaseView(False, row["token"], row["holder"], float(row["remaining"]))
+            if token is not None:
+                return LeaseView(True, int(token), holder, lease_s)
+            row = await conn.fetchrow(_LEASE_ROW, LEASE_NAME)  # another instance was quicker
+            return LeaseView(False, row["token"], row["holder"], float(row["remaining"]))
+
+        return await self._on_lease_conn("claiming the lease", attempt)
+
+    async def renew(self, holder: str, token: int, lease_s: float) -> LeaseView:
+        async def attempt(conn: Any) -> LeaseView:
+            remaining = await conn.fetchval(_LEASE_RENEW, LEASE_NAME, holder, token, lease_s)
+            if remaining is not None:
+                return LeaseView(True, token, holder, float(remaining))
+            row = await conn.fetchrow(_LEASE_ROW, LEASE_NAME)
+            if row is None:
+                return LeaseView(False, None, None, 0.0)
+            return LeaseView(False, row["token"], row["holder"], float(row["remaining"]))
+
+        return await self._on_lease_conn("renewing the lease", attempt)
+
+    async def release(self, holder: str, token: int) -> None:
+        async def attempt(conn: Any) -> None:
+            await conn.execute(_LEASE_RELEASE, LEASE_NAME, holder, token)
+
+        await self._on_lease_conn("releasing the lease", attempt)
+
+    async def _on_lease_conn(self, what: str, attempt: Callable[[Any], Awaitable[_T]]) -> _T:
+        """Run ``attempt`` on the lease's own connection; a failed connection is dropped (the next
+        call opens another), and the caller's timeout may cancel either at any point."""
+        self._check_open()
+        with _translated(what, self._where):
+            try:
+                if self._lease_conn is None or self._lease_conn.is_closed():
+                    self._lease_conn = await self._connect(COMMAND_TIMEOUT_S)
+                return await attempt(self._lease_conn)
+            except BaseException:
+                conn, self._lease_conn = self._lease_conn, None
+                if conn is not None:
+                    conn.terminate()  # no goodbye: it may be the network that failed
+                raise
 
     # ---- retention ------------------------------------------------------------------
 

@@ -52,7 +52,7 @@ from fleetwatch.core.model import (
     TerminalNoticeWrite,
     TerminalRecord,
 )
-from fleetwatch.errors import StoreError
+from fleetwatch.errors import LeaseLost, StoreError
 from fleetwatch.storage import outbox, paging
 from fleetwatch.storage.migrations import SCHEMA_VERSION_DDL, Migration, migrations, pending
 from fleetwatch.storage.retention import PurgeKind
@@ -416,7 +416,7 @@ class SqliteStore:
             "SELECT token FROM leases WHERE name = ?", (LEASE_NAME,)))
         held = rows[0][0] if rows else None
         if held != self._fence:
-            raise StoreError(f"write refused: the lease token is {held}, this instance holds {self._fence}")
+            raise LeaseLost(f"write refused: the lease token is {held}, this instance holds {self._fence}")
 
     async def _trim_dead_letters(self) -> None:
         if self._dead_letters_kept == 0:

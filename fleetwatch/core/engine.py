@@ -21,7 +21,11 @@ what the book touched goes back to the correlator to re-judge merchants.
 Liveness is the receive time of any non-retained message from the terminal. A
 retained State is history: it never proves liveness and never opens anything. After
 :meth:`Engine.restore`, silence is not judged until ``offline_after_missed`` intervals
-have passed (the daemon itself was away).
+have passed (the daemon itself was away). The same holds while the daemon's own
+subscription is down and for ``offline_after_missed`` intervals after it comes back
+(:meth:`Engine.connection_changed`): a broker outage silences every terminal at once,
+and is not an outage of every terminal. Settlement deadlines wait for the reconnection
+too, so the QoS 1 settlements the broker kept for us arrive before a gap is judged.
 
 Two things explain a silence before it becomes an outage (:meth:`Engine._silent`): the
 acquirer's decision (a suspended or closed terminal, :mod:`fleetwatch.core.acquirer`:
@@ -144,6 +148,10 @@ class Engine:
         self._wakes: list[tuple[float, str]] = []
         self._judge_from = float("-inf")
         self._started_at = float("-inf")
+        self._blind = False
+        """The subscription is down: no silence is judged and no settlement deadline falls
+        (the messages that would answer them cannot reach us)."""
+        self._settle_from = float("-inf")
         self._census = FleetCensus()
         self._book = IncidentBook(detect, new_id or _uuid_hex)
         self._corr = Correlator(detect, self._book, self._census, self._labels_of)
@@ -637,7 +645,7 @@ class Engine:
         """Judge silence and every deadline that has come; cost follows what is due."""
         sigs: list[Signal] = []
         heap = self._silence
-        while heap and heap[0][0] <= now:
+        while heap and heap[0][0] <= now and not self._blind:
             due, tid = heapq.heappop(heap)
             st = self._terms.get(tid)
             if st is None or st.sched != due:
@@ -669,7 +677,8 @@ class Engine:
         for wake in again:  # pushed after the loop: a wake due now waits for the next tick
             heapq.heappush(wakes, wake)
         self._rates.tick(now, host_outage_open=self._corr.upstreams.any_open(HOST_ERRORS))
-        sigs.extend(self._settle.tick(now))
+        if not self._blind and now >= self._settle_from:
+            sigs.extend(self._settle.tick(now))
         out: list[Effect] = self._signals(sigs, now) if sigs else []
         out.extend(self._book.tick(now))
         out.extend(self._corr.tick(now))
@@ -766,8 +775,18 @@ class Engine:
     # ---- operating hours (CONTRACT §8) ----------------------------------------------------
 
     def connection_changed(self, connected: bool, now: float) -> None:
-        """The subscription came up or went down: only slots watched while connected are learned."""
+        """The subscription came up or went down. While it is down nothing we cannot hear
+        is judged (silence, settlement deadlines); once it is back, both wait
+        ``offline_after_missed`` intervals, as after a restart, so every terminal can be
+        heard again and the broker can hand over what it kept. Only slots watched while
+        connected are learned as operating hours."""
         self._hours.connection_changed(connected, now)
+        if not connected:
+            self._blind = True
+        elif self._blind:
+            self._blind = False
+            self._judge_from = max(self._judge_from, now + self._offline_after)
+            self._settle_from = max(self._settle_from, now + self._offline_after)
 
     def set_hours(self, merchant_id: str, hours: WeeklyHours | None, now: float) -> list[Effect]:
         """Configured hours for a merchant (None: back to learning); the write is an effect, so

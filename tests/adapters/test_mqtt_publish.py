@@ -12,7 +12,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from fleetwatch.adapters.mqtt import GmqttSource, Outbox
+from fleetwatch.adapters.mqtt import MqttSource, Outbox
 from fleetwatch.config import MqttSettings
 from tests.services import Broker
 
@@ -55,7 +55,7 @@ def own_broker(tmp_path: Path) -> Iterator[Broker]:
 
 
 @contextlib.asynccontextmanager
-async def running(source: GmqttSource) -> AsyncIterator[asyncio.Task[None]]:
+async def running(source: MqttSource) -> AsyncIterator[asyncio.Task[None]]:
     task = asyncio.create_task(source.run(lambda *_: None), name="mqtt-test")
     try:
         yield task
@@ -67,7 +67,7 @@ async def running(source: GmqttSource) -> AsyncIterator[asyncio.Task[None]]:
 
 
 async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
-    """Poll a condition the broker's answers change (no event to wait on: they arrive in gmqtt)."""
+    """Poll a condition the broker's answers change (no event to wait on: they arrive in the client's callbacks)."""
     async with asyncio.timeout(within):
         while not predicate():  # noqa: ASYNC110 - state changed by another library's callbacks
             await asyncio.sleep(0.02)
@@ -75,7 +75,7 @@ async def until(predicate: Callable[[], bool], within: float = 10.0) -> None:
 
 async def test_publishes_retained_and_acknowledged(own_broker: Broker) -> None:
     """A published notice is retained by the broker (a later subscriber gets it) and on_acked runs."""
-    source = GmqttSource(MqttSettings(url=own_broker.url, client_id="pub-1", topic_prefix="p1"))
+    source = MqttSource(MqttSettings(url=own_broker.url, client_id="pub-1", topic_prefix="p1"))
     acked: list[str] = []
     async with running(source):
         await until(lambda: source.connected)
@@ -91,7 +91,7 @@ async def test_publishes_retained_and_acknowledged(own_broker: Broker) -> None:
 
 async def test_queued_while_the_broker_is_down_and_sent_after_the_reconnect(own_broker: Broker) -> None:
     """Publishes made while disconnected wait; only the newest per topic is sent once back."""
-    source = GmqttSource(MqttSettings(url=own_broker.url, client_id="pub-2", topic_prefix="p2",
+    source = MqttSource(MqttSettings(url=own_broker.url, client_id="pub-2", topic_prefix="p2",
                                       reconnect_max_s=0.5))
     acked: list[bytes] = []
     async with running(source):
@@ -112,9 +112,10 @@ async def test_queued_while_the_broker_is_down_and_sent_after_the_reconnect(own_
         reader.close()
 
 
-def test_outbox_window_order_and_requeue() -> None:
-    """At most ``limit`` in flight, one per topic; a newer payload waits for the older's ack;
-    what was in flight when the connection dropped goes back unless something newer is queued."""
+def test_outbox_window_and_order() -> None:
+    """At most ``limit`` in flight, one per topic; a newer payload waits for the older's ack and
+    replaces one still queued. (What was in flight when a connection dropped is the client's to
+    resend, DUP set: tests/mqtt5/test_client_broker.py.)"""
     box = Outbox(limit=2)
     box.put("a", b"a1", None)
     box.put("b", b"b1", None)
@@ -129,6 +130,9 @@ def test_outbox_window_order_and_requeue() -> None:
     assert [(t, p) for t, p, _ in box.sendable()] == [("c", b"c1")]
     box.sent(3, "c", b"c1", None)
     box.put("c", b"c2", None)
-    box.requeue()
-    assert sorted((t, p) for t, (p, _) in box.queued.items()) == [("a", b"a2"), ("b", b"b1"), ("c", b"c2")]
-    assert len(box) == 3
+    box.put("c", b"c3", None)
+    assert sorted((t, p) for t, (p, _) in box.queued.items()) == [("a", b"a2"), ("c", b"c3")]
+    assert len(box) == 4
+    assert box.sendable() == []  # the window is full (b1 and c1 in flight)
+    assert box.acked(3) is not None
+    assert [(t, p) for t, p, _ in box.sendable()] == [("a", b"a2")]  # the window has room for one, a first

@@ -222,3 +222,46 @@ def test_freshness_alone_is_persisted_at_a_slower_cadence_than_real_changes() ->
     e.apply(heartbeat_env("T1", 21 * interval, 21, printer="jam"))
     records = e.take_dirty_terminals()
     assert [(r.terminal_id, r.printer) for r in records] == [("T1", "jam")]
+
+
+def test_a_broker_outage_is_not_an_outage_of_every_terminal() -> None:
+    """While the subscription is down no silence is judged; once it is back, each terminal
+    gets offline_after_missed intervals to be heard again. One that speaks stays online, one
+    that stays silent goes offline after that grace, never during the outage."""
+    e = engine()
+    for seq, t in enumerate((1.0, 2.0), start=1):
+        e.apply(heartbeat_env("T1", t, seq))
+        e.apply(heartbeat_env("T2", t, seq, merchant_id="M2"))
+    e.connection_changed(False, 2.5)
+    assert run_ticks(e, 2.5, 30.0) == []  # 27 s of silence, far past offline_after_missed
+    e.connection_changed(True, 30.0)
+    assert run_ticks(e, 30.0, 32.75) == []  # the grace: nothing judged yet
+    e.apply(heartbeat_env("T1", 31.0, 3))
+    opened = run_ticks(e, 33.0, 33.75)  # T1, heard at 31, is not due before 34
+    assert [(w.incident.terminal_id, w.incident.cause) for w in opened] == [("T2", "offline")]
+
+
+def test_a_settlement_deadline_waits_for_the_subscription() -> None:
+    """A batch whose settlement deadline falls while the subscription is down is judged only
+    after the reconnection's grace, so a settlement the broker kept for us can arrive first."""
+    detect = DetectSettings(heartbeat_interval_s=1.0)
+    settle = SettlementSettings(batch_close_deadline_s=5.0, settlement_deadline_s=5.0)
+
+    def fresh() -> Engine:
+        e = Engine(detect, settle, new_id=lambda: "i1")
+        e.restore([], [], [], [], 0.0)
+        e.apply(heartbeat_env("T1", 0.5, 1))
+        e.apply(txn_env("T1", 1.0, "T1-000001"))
+        return e
+
+    def gaps(effects: Sequence[IncidentWrite]) -> list[str]:
+        return [w.incident.cause for w in effects if w.incident.kind == "settlement_gap"]
+
+    reference = fresh()  # the same batch with the subscription up all along: a gap opens
+    assert gaps(run_ticks(reference, 1.0, 10.0))
+    e = fresh()
+    e.connection_changed(False, 1.5)
+    assert gaps(run_ticks(e, 1.5, 20.0)) == []
+    e.connection_changed(True, 20.0)
+    assert gaps(run_ticks(e, 20.0, 22.75)) == []
+    assert gaps(run_ticks(e, 23.0, 24.0))

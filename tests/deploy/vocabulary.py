@@ -7,7 +7,7 @@ that selects a value the daemon cannot emit fails here the day the model changes
 
 from __future__ import annotations
 
-from fleetwatch.core import model
+from fleetwatch.core import lease, model
 from fleetwatch.ports import CONNECT_FAILURE_REASONS
 
 KINDS = frozenset(model.KINDS)
@@ -19,6 +19,7 @@ STATES = frozenset(model.TERMINAL_STATES)
 GAP_CAUSES = frozenset(model.CAUSES["settlement_gap"])
 CAUSES = frozenset(cause for causes in model.CAUSES.values() for cause in causes)
 CONNECT_FAILURES = frozenset(CONNECT_FAILURE_REASONS)
+ROLES = frozenset(role.value for role in lease.ROLES)
 
 # label -> closed set of values, or None when the values are open (currency, model...)
 _Labels = dict[str, frozenset[str] | None]
@@ -40,6 +41,7 @@ METRICS: dict[str, _Labels] = {
     "fleetwatch_mqtt_connect_failures_total": {"reason": CONNECT_FAILURES},
     "fleetwatch_store_queue_depth": {},
     "fleetwatch_build_info": {"version": None},
+    "fleetwatch_role": {"role": ROLES},
     # Prometheus' own scrape health series
     "up": {},
 }

@@ -149,6 +149,40 @@ def test_broker_restart_is_survived_without_restarting_the_daemon(tmp_path: Path
         own.stop()
 
 
+def test_a_broker_outage_opens_no_offline_incident_for_terminals_that_come_back(tmp_path: Path, prefix: str) -> None:
+    """The broker is away for many heartbeat intervals: a terminal that beats again once it is
+    back opens nothing; one that stays silent goes offline only after the grace, so the
+    silence check is paused and resumed, not switched off."""
+    own = Broker(tmp_path / "broker")
+    (tmp_path / "broker").mkdir()
+    own.start()
+    daemon = Daemon(tmp_path, own.url, prefix=prefix, client_id="fw-outage",
+                    overrides={"detect": {"heartbeat_interval_s": 0.5, "offline_after_missed": 3}})
+    try:
+        daemon.start()
+        with publisher(own.url, prefix) as pub:
+            for tid in ("O1", "O2"):
+                pub.send(f"term/{tid}/heartbeat", heartbeat(tid))
+        wait_until(lambda: terminal_or_none(daemon, "O2"), what="both terminals seen")
+        own.stop()
+        wait_until(lambda: daemon.metric("fleetwatch_mqtt_connected") == 0, what="disconnect seen")
+        time.sleep(3.0)  # six intervals of silence from everyone: twice offline_after_missed
+        own.start()
+        wait_until(lambda: daemon.metric("fleetwatch_mqtt_connected") == 1, timeout=20, what="reconnected")
+        with publisher(own.url, prefix) as pub:
+            for seq in range(2, 8):  # O1 beats on through and past the grace; O2 stays silent
+                pub.send("term/O1/heartbeat", heartbeat("O1", seq=seq))
+                time.sleep(0.5)
+        incidents = wait_until(lambda: daemon.get("/api/v1/incidents?status=all&limit=100")["items"] or None,
+                               what="the silent terminal's incident")
+        assert [(i["terminal_id"], i["cause"]) for i in incidents] == [("O2", "offline")]
+        assert daemon.stop() == 0
+    finally:
+        if daemon.proc is not None:
+            daemon.kill()
+        own.stop()
+
+
 @BOTH_BACKENDS
 def test_sigterm_in_flight_loses_nothing_acknowledged(daemon: Daemon, broker: Broker) -> None:
     """SIGTERM amid a QoS 1 burst exits 0 quickly; after a restart every txn is stored exactly once."""
@@ -211,3 +245,56 @@ def test_store_that_cannot_be_written_stops_the_daemon_with_an_error(daemon: Dae
     daemon.start()  # restarted: the unacknowledged txn is redelivered by the broker and stored
     wait_until(lambda: daemon.rows("select txn_id from transactions") == [("L1-1",)],
                what="redelivered txn stored")
+
+
+def test_session_and_its_queue_survive_a_broker_restart_while_the_daemon_is_down(tmp_path: Path,
+                                                                               prefix: str) -> None:
+    """The daemon's session is persistent on the broker's disk too: txns published while the daemon
+    was stopped, then the broker restarted, are all delivered once the daemon is back."""
+    (tmp_path / "broker").mkdir()
+    own = Broker(tmp_path / "broker")
+    own.start()
+    daemon = Daemon(tmp_path, own.url, prefix=prefix, client_id="fw-persist")
+    try:
+        daemon.start()
+        assert daemon.stop() == 0  # the session (and its subscriptions) stays on the broker
+        with publisher(own.url, prefix) as pub:
+            for i in range(200):
+                pub.send(f"term/Q{i % 10}/txn", txn(f"Q{i % 10}", f"Q-{i}"), wait=False)
+        own.restart()  # Mosquitto writes the queued messages to its persistence file and reads them back
+        daemon.start()
+        wait_until(lambda: daemon.metric("fleetwatch_messages_received_total", type="txn") >= 200,
+                   what="the queued txns after the broker restart")
+        assert daemon.stop() == 0
+        assert daemon.rows("select count(distinct txn_id), count(*) from transactions") == [(200, 200)]
+    finally:
+        if daemon.proc is not None:
+            daemon.kill()
+        own.stop()
+
+
+def test_broker_restart_mid_burst_loses_nothing_acknowledged(tmp_path: Path, prefix: str) -> None:
+    """A QoS 1 burst the broker has accepted, then a broker restart while the daemon is still taking
+    it: deliveries not yet acknowledged (their commit not done, or their PUBACK bound to the dropped
+    connection) are redelivered on the new connection, and every txn is stored exactly once."""
+    total = 3000
+    (tmp_path / "broker").mkdir()
+    own = Broker(tmp_path / "broker")
+    own.start()
+    daemon = Daemon(tmp_path, own.url, prefix=prefix, client_id="fw-midburst")
+    try:
+        daemon.start()
+        with publisher(own.url, prefix) as pub:
+            for i in range(total):
+                pub.send(f"term/M{i % 50}/txn", txn(f"M{i % 50}", f"M-{i}"), wait=False)
+        own.restart()
+        wait_until(lambda: daemon.metric("fleetwatch_mqtt_connected") == 1, timeout=20, what="reconnected")
+        wait_until(lambda: daemon.rows("select count(*) from transactions") == [(total,)],
+                   timeout=30, what="all txns stored")
+        assert daemon.metric("fleetwatch_mqtt_reconnects_total") >= 1
+        assert daemon.stop() == 0
+        assert daemon.rows("select count(distinct txn_id), count(*) from transactions") == [(total, total)]
+    finally:
+        if daemon.proc is not None:
+            daemon.kill()
+        own.stop()
