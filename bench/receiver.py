@@ -7,7 +7,9 @@ attempts, a 400, a ``Retry-After``); the bench makes it answer in 5 ms.
 
 It runs on its own event loop in a thread (:meth:`Receiver.start`), so a test can use it
 beside a daemon in another process, or beside the worker in the test's own loop.
-``python -m bench.receiver PORT SECRET DELAY_MS`` runs one alone.
+``python -m bench.receiver PORT SECRET DELAY_MS [LOG_FILE]`` runs one alone (answering
+``BENCH_RECEIVER_STATUS``, default 200, to every request; with ``LOG_FILE`` it appends each
+event it accepted first to that file, one body per line).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -59,6 +62,11 @@ class Receiver:
     policy: Policy = always_ok
     delay_s: float = 0.0
     port: int = 0
+    keep: bool = True
+    """Keep every request (tests); False for the bench, which only counts."""
+    log_file: str | None = None
+    """Also append each first accepted event body to this file, one per line (a receiver in its own process)."""
+    count: int = 0
     requests: list[Request] = field(default_factory=list)
     log: list[Request] = field(default_factory=list)
     attempts: dict[str, int] = field(default_factory=dict)
@@ -67,6 +75,7 @@ class Receiver:
     _thread: threading.Thread | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _writers: set[asyncio.StreamWriter] = field(default_factory=set)
+    _seen: set[str] = field(default_factory=set)
 
     @property
     def url(self) -> str:
@@ -107,13 +116,20 @@ class Receiver:
         expected = "sha256=" + hmac.new(self.secret, body, hashlib.sha256).hexdigest()
         request = Request(headers, body, hmac.compare_digest(expected, headers.get("x-fleetwatch-signature", "")))
         with self._lock:
+            self.count += 1
+            if not self.keep:
+                return self.policy(request, 1)
             self.requests.append(request)
             attempt = self.attempts[request.event_id] = self.attempts.get(request.event_id, 0) + 1
             status, extra = self.policy(request, attempt)
             if not request.signature_ok:
                 status = 401
-            if 200 <= status < 300 and all(r.event_id != request.event_id for r in self.log):
+            if 200 <= status < 300 and request.event_id not in self._seen:
+                self._seen.add(request.event_id)
                 self.log.append(request)
+                if self.log_file is not None:
+                    with open(self.log_file, "ab") as f:
+                        f.write(body + b"\n")
         return status, extra
 
     # ---- in a thread -----------------------------------------------------------------
@@ -158,8 +174,10 @@ class Receiver:
             return list(self.requests), list(self.log)
 
 
-async def main(port: int, secret: str, delay_ms: float) -> None:
-    receiver = Receiver(secret.encode(), delay_s=delay_ms / 1000, port=port)
+async def main(port: int, secret: str, delay_ms: float, log_path: str | None = None) -> None:
+    status = int(os.environ.get("BENCH_RECEIVER_STATUS", "200"))
+    receiver = Receiver(secret.encode(), policy=lambda _r, _a: (status, {}), delay_s=delay_ms / 1000, port=port,
+                        keep=log_path is not None, log_file=log_path)
     server = await receiver.serve()
     print("ready", receiver.port, flush=True)
     async with server:
@@ -167,4 +185,7 @@ async def main(port: int, secret: str, delay_ms: float) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), sys.argv[2], float(sys.argv[3])))
+    from fleetwatch.cli import _loop_factory
+
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(main(int(sys.argv[1]), sys.argv[2], float(sys.argv[3]), sys.argv[4] if len(sys.argv) > 4 else None))

@@ -213,7 +213,7 @@ class NotificationOutbox(Protocol):
     async def due_notifications(self, now: float, limit: int, *, margin_s: float = 0.0) -> list[NotificationRecord]:
         """Pending rows due by ``now - margin_s`` whose retry time (``next_at``) has come, in
         insertion order (``seq``), at most ``limit``; of each (receiver, notice) only the oldest
-        pending row (a notice's events go out in order)."""
+        pending row (a notice's events go out in order; an upstream notice is one per merchant)."""
         ...
 
     async def record_deliveries(self, results: Sequence[DeliveryResult]) -> None:

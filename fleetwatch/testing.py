@@ -444,12 +444,12 @@ class MemoryStore:
 
     async def due_notifications(self, now: float, limit: int, *, margin_s: float = 0.0) -> list[NotificationRecord]:
         self._check_open()
-        heads: set[tuple[str, str]] = set()
+        heads: set[tuple[str, str, str]] = set()
         out = []
         for r in self._t.notifications.values():
             if r.status != "pending":
                 continue
-            key = (r.receiver, r.notice_id)
+            key = (r.receiver, r.merchant_id, r.notice_id)
             if r.notice_id and key in heads:
                 continue
             heads.add(key)
@@ -472,10 +472,10 @@ class MemoryStore:
 
     async def load_notification_state(self) -> list[NotificationRecord]:
         self._check_open()
-        last: dict[tuple[str, str], NotificationRecord] = {}
+        last: dict[tuple[str, str, str], NotificationRecord] = {}
         for r in self._t.notifications.values():
             if r.notice_id and r.status != "collapsed":
-                last[(r.receiver, r.notice_id)] = r
+                last[(r.receiver, r.merchant_id, r.notice_id)] = r
         told = {r.event_id for r in last.values() if r.type != "notice.resolved"}
         return [r for r in self._t.notifications.values() if r.status == "pending" or r.event_id in told]
 

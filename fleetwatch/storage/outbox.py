@@ -4,13 +4,14 @@ The statements are written once with ``?`` placeholders; PostgreSQL takes them t
 :func:`numbered` (``$1, $2 ...``). What each one is for:
 
 - :data:`DUE`: what the delivery worker may send now (due, and its retry time reached), in
-  insertion order (``seq``), and of each (receiver, notice) only the oldest pending row, so
+  insertion order (``seq``), and of each (receiver, merchant, notice) only the oldest pending row (an upstream
+  notice is one notice per shop), so
   the events of one notice reach a receiver in the order they happened even across retries
   and restarts.
 - :data:`RECORD`: one attempt's outcome; only a row still ``pending`` is changed, so a
   result never overwrites a row the rules took back (``collapsed``).
 - :data:`STATE`: what the rules need after a restart: every pending row, and the last
-  row of each (receiver, notice) that left it told (an open or update not resolved).
+  row of each (receiver, merchant, notice) that left it told (an open or update not resolved).
 - :func:`list_query`: the ops API's page, newest first by ``seq``, keyset cursor.
 """
 
@@ -31,8 +32,9 @@ and ``all`` (every row but collapsed ones; the default)."""
 
 DUE: Final = (
     f"SELECT {COLUMNS} FROM notifications n WHERE n.status = 'pending' AND n.due_at <= ? AND n.next_at <= ? "
-    "AND NOT EXISTS (SELECT 1 FROM notifications e WHERE e.receiver = n.receiver AND e.notice_id = n.notice_id "
-    "AND n.notice_id <> '' AND e.status = 'pending' AND e.seq < n.seq) ORDER BY n.seq LIMIT ?"
+    "AND NOT EXISTS (SELECT 1 FROM notifications e WHERE e.receiver = n.receiver AND e.merchant_id = n.merchant_id "
+    "AND e.notice_id = n.notice_id AND n.notice_id <> '' AND e.status = 'pending' AND e.seq < n.seq) "
+    "ORDER BY n.seq LIMIT ?"
 )
 
 RECORD: Final = ("UPDATE notifications SET status = ?, attempts = ?, next_at = ?, last_error = ?, sent_at = ? "
@@ -41,8 +43,8 @@ RECORD: Final = ("UPDATE notifications SET status = ?, attempts = ?, next_at = ?
 STATE: Final = (
     f"SELECT {COLUMNS} FROM notifications n WHERE n.status = 'pending' OR ("
     "n.notice_id <> '' AND n.status <> 'collapsed' AND n.type <> 'notice.resolved' AND n.seq = ("
-    "SELECT MAX(m.seq) FROM notifications m WHERE m.receiver = n.receiver AND m.notice_id = n.notice_id "
-    "AND m.status <> 'collapsed')) ORDER BY n.seq"
+    "SELECT MAX(m.seq) FROM notifications m WHERE m.receiver = n.receiver AND m.merchant_id = n.merchant_id "
+    "AND m.notice_id = n.notice_id AND m.status <> 'collapsed')) ORDER BY n.seq"
 )
 
 COUNT_PENDING: Final = "SELECT COUNT(*) FROM notifications WHERE status = 'pending'"

@@ -107,3 +107,11 @@ async def test_a_notice_waits_behind_its_own_earlier_event_and_others_go_past(st
     assert [r.event_id for r in await store.due_notifications(T0 + 60, 10)] == ["O1", "O2", "A1", "D1", "D2"]
     await store.record_deliveries([DeliveryResult("O1", "sent", 2, T0 + 60, None, T0 + 60)])
     assert [r.event_id for r in await store.due_notifications(T0 + 60, 10)] == ["O2", "R1", "A1", "D1", "D2"]
+
+
+async def test_one_upstream_notice_is_one_queue_per_merchant(store: Store) -> None:
+    """A host outage is one notice id for many shops: each shop's event is due on its own."""
+    await store.write([note(f"U{m}", notice="UP", merchant=f"M{m}") for m in range(5)])
+    assert [r.event_id for r in await store.due_notifications(T0, 10)] == [f"U{m}" for m in range(5)]
+    await store.record_deliveries([DeliveryResult(f"U{m}", "sent", 1, T0, None, T0) for m in range(5)])
+    assert [r.event_id for r in await store.load_notification_state()] == [f"U{m}" for m in range(5)]

@@ -4,7 +4,7 @@
 -- One row per event and receiver. The rules write the first columns in the same transaction
 -- as the incident change that causes the event, and may rewrite them while the row is pending
 -- and not yet due; the delivery worker owns attempts, next_at, last_error and sent_at. seq is
--- the order events are delivered in, per receiver and notice.
+-- the order events are delivered in, per receiver, merchant and notice.
 CREATE TABLE notifications (
     seq          BIGSERIAL PRIMARY KEY,
     event_id     TEXT COLLATE "C" NOT NULL UNIQUE,
@@ -24,6 +24,6 @@ CREATE TABLE notifications (
     sent_at      DOUBLE PRECISION
 );
 CREATE INDEX notifications_pending ON notifications (due_at) WHERE status = 'pending';
-CREATE INDEX notifications_notice ON notifications (receiver, notice_id, seq);
+CREATE INDEX notifications_notice ON notifications (receiver, merchant_id, notice_id, seq);
 CREATE INDEX notifications_status ON notifications (status, seq);
 CREATE INDEX notifications_merchant ON notifications (merchant_id, seq);
