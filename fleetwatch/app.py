@@ -226,6 +226,7 @@ async def _open_and_run(
         keeper = None if leases is None else LeaseKeeper(leases, role.instance, settings.ha.lease_s,
                                                           on_role=role.changed)
         role.keeper = keeper
+        holding: asyncio.Task[None] | None = None
         if keeper is None:
             role.changed(Role.ACTIVE, "the store is SQLite: a single instance")
         elif not await _wait_for_lease(keeper, stop):
@@ -233,13 +234,18 @@ async def _open_and_run(
             return 0
         else:
             store.fence(keeper.token)
+            # Renewed from now on, through the restore (a million terminals take longer than a lease).
+            holding = asyncio.create_task(_hold_lease(keeper), name="lease")
         try:
             return await _run_with_store(
                 settings, store, started, metrics=metrics, source=source, catalogues=catalogues,
                 connection_listeners=connection_listeners, boards=boards, servers=servers, serving=serving,
-                stop=stop, keeper=keeper,
+                stop=stop, holding=holding,
             )
         finally:
+            if holding is not None:
+                holding.cancel()
+                await asyncio.gather(holding, return_exceptions=True)
             if keeper is not None:
                 for board in boards:
                     board.install(None)
@@ -333,9 +339,12 @@ async def _run_with_store(
     settings: Settings, store: Store, started: float, *, metrics: Metrics, source: MqttSource,
     catalogues: Mapping[str, Catalogue], connection_listeners: list[Callable[[bool], None]],
     boards: list[Switchboard], servers: list[uvicorn.Server], serving: set[asyncio.Task[None]],
-    stop: asyncio.Event, keeper: LeaseKeeper | None,
+    stop: asyncio.Event, holding: asyncio.Task[None] | None,
 ) -> int:
-    """The active instance: restore, then serve, ingest and run every background worker."""
+    """The active instance: restore, then serve, ingest and run every background worker.
+
+    ``holding`` renews the lease (None on SQLite); it ends with LeaseLost when it cannot.
+    """
     engine = Engine(settings.detect, settings.settlement)
     active_since = time.perf_counter()
     open_incidents, members = await restore_engine(engine, store, time.time(), settings.detect.recent_txn_keys)
@@ -344,7 +353,7 @@ async def _run_with_store(
     pipeline.refresh_snapshot(time.time())
     connection_listeners.append(pipeline.connection_changed)
     pipeline.connection_changed(source.connected)  # not yet: nothing is judged before we can hear the fleet
-    if keeper is not None:
+    if holding is not None:
         connection_listeners.append(_takeover_timer(settings, active_since))
 
     async def commit(effects: list[Effect]) -> None:
@@ -383,6 +392,8 @@ async def _run_with_store(
         on_size=metrics.store_size.set,
     )
 
+    if holding is not None and holding.done():
+        holding.result()  # the lease was lost during the restore: never connect (LeaseLost)
     tasks = {
         asyncio.create_task(pipeline.run_writer(), name="writer"),
         asyncio.create_task(pipeline.run_sweeper(), name="sweeper"),
@@ -390,8 +401,8 @@ async def _run_with_store(
         asyncio.create_task(source.run(pipeline.on_message), name="mqtt"),
         *serving,
     }
-    if keeper is not None:
-        tasks.add(asyncio.create_task(_hold_lease(keeper), name="lease"))
+    if holding is not None:
+        tasks.add(holding)
     # Background workers (they act on the outside world: only an active instance runs them).
     if notifier is not None:
         tasks.add(asyncio.create_task(notifier.run(), name="notifier"))

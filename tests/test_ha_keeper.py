@@ -172,6 +172,48 @@ async def test_a_store_that_is_back_in_time_keeps_the_active_active() -> None:
     await stop(a, b)
 
 
+def stall_once(inst: Instance, at: float, seconds: float) -> None:
+    """The instance's next sleep after ``at`` wakes ``seconds`` late (a stalled event loop)."""
+    real = inst.time.sleep
+    fired = False
+
+    async def sleep(delay: float) -> None:
+        nonlocal fired
+        if not fired and inst.time.now >= at:
+            fired = True
+            delay += seconds
+        await real(delay)
+
+    inst.keeper._sleep = sleep  # the keeper's injected sleep, swapped mid-test
+
+
+async def test_a_stalled_active_alone_keeps_its_lease() -> None:
+    """Its renewal comes 3 leases late, but no one took the lease (same token): it stays active."""
+    time = FakeTime()
+    store = MemoryStore(clock=time.clock)
+    a = Instance("a", time, Flaky(store))
+    stall_once(a, 10.0, 3 * LEASE)
+    a.start()
+    await time.run_until(60.0)
+    assert (a.keeper.role, a.keeper.token) == (Role.ACTIVE, 1)
+    assert a.stepped_down_at() is None
+    await stop(a)
+
+
+async def test_a_stalled_active_steps_down_when_it_finds_the_standby_took_over() -> None:
+    time, _store, a, b = await pair()
+    stall_once(a, 10.0, 3 * LEASE)
+    await time.run_until(60.0)
+    took, down = b.active_since(), a.stepped_down_at()
+    assert took is not None
+    assert down is not None
+    assert took < down  # the standby did not wait for the stalled one
+    assert b.token == 2
+    assert a.task is not None
+    assert "b holds the lease now (token 2)" in a.task.result()
+    await stop(b)
+
+
 async def test_a_lease_taken_away_is_a_step_down_at_the_next_renewal() -> None:
     time, store, a, b = await pair()
     await time.run_until(10.1)

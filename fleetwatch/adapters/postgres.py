@@ -14,9 +14,11 @@ tests run both); what differs is how the rows travel (docs/decisions/0004-asyncp
   it committed); the API's reads, the restore and retention use the pool, so none of them
   waits for a write, nor a write for them (retention deletes old rows nobody writes).
 - **Fencing in the transaction.** With a token set (``fence``), every write first reads
-  the lease row ``FOR SHARE``: a takeover that bumps the token waits for a write in
-  progress, and every later write of the old holder fails, so two instances can never
-  both commit (the high-availability role logic sets and renews the lease).
+  the lease row ``FOR KEY SHARE``: a takeover locks the row ``FOR UPDATE`` before it bumps
+  the token, so it waits for a write in progress, and every later write of the old holder
+  fails, so two instances can never both commit. A renewal (an ``UPDATE`` of the expiry
+  alone, which takes only ``FOR NO KEY UPDATE``) never waits for a write, nor a write for
+  it: under full load the lease is renewed on time.
 - **The lease on the database's clock.** ``claim``/``renew``/``release`` (ports.Leases)
   compare and set the lease row's expiry with ``clock_timestamp()``, so the instances
   never compare their own clocks; they run on a connection of their own, opened when
@@ -156,8 +158,11 @@ _LEASE_TAKE: Final = (
     f"UPDATE leases SET holder = $2, token = token + 1, expires_at = {_DB_NOW} + $3 "
     f"WHERE name = $1 AND token = $4 AND expires_at <= {_DB_NOW} RETURNING token"
 )
-"""Takes an expired lease; waits for a write in progress (its fence check holds the row FOR
-SHARE), and after a renewal or another's takeover it no longer matches: nothing changes."""
+"""Takes an expired lease, in a transaction after _LEASE_LOCK; after a renewal or another's
+takeover it no longer matches: nothing changes."""
+_LEASE_LOCK: Final = "SELECT 1 FROM leases WHERE name = $1 FOR UPDATE"
+"""Waits for a write in progress (its fence check holds the row FOR KEY SHARE), which a plain
+UPDATE of non-key columns (FOR NO KEY UPDATE) would not."""
 _LEASE_RENEW: Final = (
     f"UPDATE leases SET expires_at = {_DB_NOW} + $4 WHERE name = $1 AND holder = $2 AND token = $3 "
     f"RETURNING expires_at - {_DB_NOW}"
@@ -371,7 +376,7 @@ class PostgresStore:
     async def _check_fence(self, conn: Any) -> None:
         if self._fence is None:
             return
-        held = await conn.fetchval("SELECT token FROM leases WHERE name = $1 FOR SHARE", LEASE_NAME)
+        held = await conn.fetchval("SELECT token FROM leases WHERE name = $1 FOR KEY SHARE", LEASE_NAME)
         if held != self._fence:
             raise LeaseLost(f"write refused: the lease token is {held}, this instance holds {self._fence}")
 
@@ -384,7 +389,10 @@ class PostgresStore:
             if row is None:
                 token = await conn.fetchval(_LEASE_INSERT, LEASE_NAME, holder, lease_s)
             elif row["remaining"] <= 0:
-                token = await conn.fetchval(_LEASE_TAKE, LEASE_NAME, holder, lease_s, row["token"])
+                async with _transaction(conn):
+                    # FOR UPDATE waits for the old holder's write in progress (FOR KEY SHARE).
+                    await conn.execute(_LEASE_LOCK, LEASE_NAME)
+                    token = await conn.fetchval(_LEASE_TAKE, LEASE_NAME, holder, lease_s, row["token"])
             else:
                 return LeaseView(False, row["token"], row["holder"], float(row["remaining"]))
             if token is not None:

@@ -9,9 +9,11 @@ from its own monotonic clock is only *when to ask* and *when to give up*:
   the expiry to (its now, at or after ``s``) + ``lease_s``: the lease is surely ours until
   ``s + lease_s`` on our clock. Renewals go out every ``lease_s / 3``; a failed one is
   retried every ``lease_s / 12``, but only until ``step_down_at`` = that bound less a
-  guard of ``lease_s / 6`` (for clock rates and the time it takes to stop). Past it, or
-  at once when the store says another instance holds the lease, the active steps down:
-  from then on a standby may take over, and the active must not be acknowledging.
+  guard of ``lease_s / 6`` (for clock rates and the time it takes to stop). When the
+  store has not answered by then, or at once when it says another instance holds the
+  lease, the active steps down: from then on a standby may take over, and the active
+  must not be acknowledging. A process merely too slow to renew on time (a stalled
+  event loop) asks anyway, and goes on if the store says the lease is still its own.
 - **Standby.** It asks to take the lease when the row says it has expired: right after
   the expiry the row reports (at least ``lease_s / 12`` from now, at most ``lease_s / 3``,
   so a holder that released the lease is noticed quickly and a busy store is not polled
@@ -124,18 +126,28 @@ class LeaseSchedule:
     # ---- active --------------------------------------------------------------------
 
     def renewed(self, view: LeaseView, sent_at: float, now: float) -> Decision:
-        """The answer to a renewal sent at ``sent_at``, received at ``now``."""
+        """The answer to a renewal sent at ``sent_at``, received at ``now``.
+
+        The store says who holds the lease, and that is what counts: held with our token, it
+        is ours until ``sent_at + lease_s`` even if this process was too slow to renew on
+        time (a stalled event loop): nobody took it meanwhile, since a takeover changes the
+        token. An answer that arrives past ``step_down_at`` is followed by another renewal
+        at once.
+        """
         if not view.held:
             return self._step_down()
         self._renewed(sent_at)
-        return self.check(now)
+        if now >= self.step_down_at:
+            self.next_at = now
+        return Decision.KEEP
 
     def renew_failed(self, now: float) -> Decision:
-        """The store did not answer a renewal (an error, or no answer before the deadline)."""
-        decision = self.check(now)
-        if decision is Decision.KEEP:
-            self.next_at = min(now + self.timing.retry_every, self.step_down_at)
-        return decision
+        """The store did not answer a renewal (an error, or no answer in time): retried until
+        ``step_down_at``, then the active steps down (it can no longer know it holds the lease)."""
+        if now >= self.step_down_at:
+            return self._step_down()
+        self.next_at = min(now + self.timing.retry_every, self.step_down_at)
+        return Decision.KEEP
 
     def check(self, now: float) -> Decision:
         """Whether the active must step down now (its lease may be about to end)."""
@@ -144,9 +156,10 @@ class LeaseSchedule:
         return Decision.KEEP if self.role is Role.ACTIVE else Decision.STEP_DOWN
 
     def attempt_timeout(self, now: float) -> float:
-        """How long to wait for the store's answer to the next attempt sent at ``now``."""
+        """How long to wait for the store's answer to the next attempt sent at ``now``: for the
+        active, until ``step_down_at`` (one short attempt when a stall has already passed it)."""
         if self.role is Role.ACTIVE:
-            return max(0.0, self.step_down_at - now)
+            return max(self.timing.retry_every, self.step_down_at - now)
         return self.timing.renew_every
 
     def _renewed(self, sent_at: float) -> None:

@@ -76,10 +76,26 @@ def test_another_holder_means_stepping_down_at_once() -> None:
     assert (s.role, s.token, s.good_until) == (Role.STANDBY, None, -math.inf)
 
 
-def test_an_answer_that_comes_too_late_is_a_step_down() -> None:
-    """A renewal sent at 102 only confirms the lease until 108: received at 107.5, it is past the guard."""
+def test_an_answer_that_comes_late_but_says_held_keeps_the_lease_and_renews_at_once() -> None:
+    """A renewal sent at 102 answered at 107.5 (past the guard): the store says the lease is still
+    ours (nobody took it: a takeover changes the token), so it is kept, and renewed again now."""
     s = active(at=100.0)
-    assert s.renewed(held(), 102.0, 107.5) is Decision.STEP_DOWN
+    assert s.renewed(held(), 102.0, 107.5) is Decision.KEEP
+    assert (s.role, s.good_until, s.next_at) == (Role.ACTIVE, 108.0, 107.5)
+
+
+@pytest.mark.parametrize(("view", "decision"), [
+    (held(), Decision.KEEP),                   # stalled, but nobody took the lease: carry on
+    (other(4.0, token=4), Decision.STEP_DOWN),  # a standby took over during the stall
+])
+def test_a_process_stalled_past_its_deadline_asks_the_store_before_giving_up(
+    view: LeaseView, decision: Decision,
+) -> None:
+    s = active(at=100.0)  # step_down_at 105; the process wakes at 111
+    assert s.attempt_timeout(111.0) == T.retry_every  # one short attempt
+    assert s.renewed(view, 111.0, 111.1) is decision
+    if decision is Decision.KEEP:
+        assert (s.good_until, s.next_at) == (117.0, 113.0)
 
 
 def test_failed_renewals_are_retried_until_the_guard_then_the_active_steps_down() -> None:
@@ -94,10 +110,11 @@ def test_failed_renewals_are_retried_until_the_guard_then_the_active_steps_down(
     assert s.role is Role.STANDBY
 
 
-def test_no_attempt_waits_past_the_step_down_time() -> None:
+def test_an_attempt_waits_until_the_step_down_time_and_no_less_than_a_retry() -> None:
     s = active(at=100.0)
     assert s.attempt_timeout(102.0) == 3.0
-    assert s.attempt_timeout(106.0) == 0.0
+    assert s.attempt_timeout(104.8) == T.retry_every  # never less than one short attempt
+    assert s.attempt_timeout(106.0) == T.retry_every
     assert LeaseSchedule(T).attempt_timeout(0.0) == T.renew_every
 
 

@@ -322,3 +322,25 @@ def test_an_active_whose_lease_is_taken_away_exits_6_and_commits_nothing_more(pa
     assert tokens[0][1] == 3
     assert tokens[0][0] != "intruder"
     assert b.stop() == 0
+
+
+def test_the_lease_is_renewed_through_a_restore_longer_than_the_lease(pair: Pair) -> None:
+    """200,000 terminals take longer to restore than a 1 s lease lasts: the active renews it
+    throughout (a standby would otherwise take over mid-restore), stays active with its first
+    token, and becomes ready."""
+    a = pair.a
+    a.start()
+    assert a.stop() == 0  # migrated, lease released
+    assert pg_rows(pair.store_url, "WITH added AS (INSERT INTO terminals (terminal_id, merchant_id, model, last_seen) "
+                   "SELECT 'R' || lpad(i::text, 7, '0'), 'M' || (i % 5000), 'A920', extract(epoch FROM now()) "
+                   "FROM generate_series(1, 200000) AS i RETURNING 1) SELECT count(*) FROM added") == [(200_000,)]
+    a.overrides["ha"] = {"lease_s": 1.0}
+    a.start(wait_ready=False)
+    a.wait_ready(timeout=60)
+    time.sleep(2.0)
+    took = [json.loads(line) for line in a.logs().splitlines() if '"active: restored and subscribed"' in line][-1]
+    assert took["seconds"] > 1.0, "the restore must outlast the lease for this test to prove anything"
+    assert "stepped down" not in a.logs()
+    assert pg_rows(pair.store_url, "SELECT token FROM leases") == [(2,)]  # the first start's was 1
+    assert readyz(a)[0] == 200
+    assert a.stop() == 0

@@ -114,16 +114,20 @@ async def test_after_a_takeover_the_old_active_can_write_nothing(pg_db: Db) -> N
         await b.close()
 
 
-async def test_a_takeover_waits_for_the_old_actives_write_in_progress(pg_db: Db) -> None:
-    """A commit holds the lease row FOR SHARE (the fence check): a claim of the expired lease waits
-    until that transaction ends, so everything the old active committed precedes the takeover."""
+async def test_a_takeover_waits_for_the_old_actives_write_in_progress_and_a_renewal_does_not(pg_db: Db) -> None:
+    """A commit holds the lease row FOR KEY SHARE (the fence check): a claim of the expired lease
+    waits until that transaction ends, so everything the old active committed precedes the
+    takeover; a renewal does not wait for it."""
     a = await pg_db.open()
     conn = await asyncpg.connect(pg_db.location)
     try:
         token = (await a.claim("a", LEASE)).token
-        await asyncio.sleep(LEASE * 1.5)
+        assert token is not None
         await conn.execute("BEGIN")
-        await conn.fetchval("SELECT token FROM leases WHERE name = 'active' FOR SHARE")
+        await conn.fetchval("SELECT token FROM leases WHERE name = 'active' FOR KEY SHARE")  # as a write does
+        renewed = await asyncio.wait_for(a.renew("a", token, LEASE), 2)
+        assert renewed.held
+        await asyncio.sleep(LEASE * 1.5)
         claim = asyncio.create_task(a.claim("b", LEASE))
         await asyncio.sleep(0.3)
         assert not claim.done()
