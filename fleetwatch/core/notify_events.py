@@ -61,7 +61,7 @@ from fleetwatch.core.model import (
     UpstreamMembersWrite,
 )
 from fleetwatch.core.notice_view import IncidentView
-from fleetwatch.core.notices import HIDDEN_RESOLUTIONS, NoticeFacts, build_notices
+from fleetwatch.core.notices import HIDDEN_RESOLUTIONS, NoticeFacts, build_notices, screen_signature
 
 EventType = Literal["notice.opened", "notice.updated", "notice.resolved", "notice.digest"]
 EVENT_TYPES: Final[tuple[EventType, ...]] = ("notice.opened", "notice.updated", "notice.resolved", "notice.digest")
@@ -157,6 +157,11 @@ class Outgoing:
     """``daily`` or ``hourly`` for a digest."""
 
 
+def _signature(inc: Incident) -> tuple[object, ...]:
+    """What a merchant's notices depend on of one incident (not its counts and rates)."""
+    return (*screen_signature(inc), inc.merchant_id, inc.previous_id)
+
+
 def is_decision(facts: NoticeFacts) -> bool:
     """The acquirer's decisions (CONTRACT §7) are sent at once, whatever the severity or hour."""
     return (facts.kind, facts.cause) in ACQUIRER_DECISIONS
@@ -214,6 +219,8 @@ class NotifyBook:
         self._gone: dict[str, Incident] = {}
         """Incidents resolved since the last take (for a resolved notice's time and reason)."""
         self._out: dict[str, Outgoing] = {}
+        self._sig: dict[str, tuple[object, ...]] = {}
+        """What each open incident's notices depend on (an unchanged one marks no merchant)."""
         self._absorbed: dict[str, set[tuple[str, str]]] = {}
         """notice id -> (merchant, receiver) told of it before a parent adopted it."""
 
@@ -228,6 +235,7 @@ class NotifyBook:
         for inc in open_incidents:
             if inc.is_open:
                 self._view.put(inc)
+                self._sig[inc.id] = _signature(inc)
         for uid, pairs in members.items():
             self._view.add_members(uid, pairs)
         receivers = {r.name: r for r in self._rules.receivers}
@@ -273,6 +281,14 @@ class NotifyBook:
         for e in effects:
             if isinstance(e, IncidentWrite):
                 inc = e.incident
+                if inc.is_open:
+                    sig = _signature(inc)
+                    if self._sig.get(inc.id) == sig:
+                        view.put(inc)  # fresher evidence (an upstream's counts every sweep), same notice
+                        continue
+                    self._sig[inc.id] = sig
+                else:
+                    self._sig.pop(inc.id, None)
                 self._dirty.update(view.merchants_of(inc))
                 if inc.is_open:
                     old = view.get(inc.id)
