@@ -64,7 +64,7 @@ from fleetwatch.core.model import Effect, Incident, NotificationWrite
 from fleetwatch.core.screens import TerminalScreens
 from fleetwatch.credentials import write_token_file
 from fleetwatch.errors import LeaseLost, ListenError, StoreError
-from fleetwatch.ha import LeaseKeeper, instance_name
+from fleetwatch.ha import LeaseKeeper, LeaseThread, instance_name
 from fleetwatch.merchant_notices import MerchantNotices, NoticeApi, NoticeLinks, new_secret
 from fleetwatch.merchant_notifications import Notifications
 from fleetwatch.pipeline import Pipeline
@@ -222,10 +222,11 @@ async def _open_and_run(
 ) -> int:
     """Open the store, wait to be active (the gate), then run as the active instance."""
     store, leases = await open_store(settings.store, application_name=f"fleetwatch {role.instance}")
+    keeper: LeaseThread | None = None
     try:
-        keeper = None if leases is None else LeaseKeeper(leases, role.instance, settings.ha.lease_s,
-                                                          on_role=role.changed)
-        role.keeper = keeper
+        keeper = None if leases is None else LeaseThread(leases, role.instance, settings.ha.lease_s,
+                                                          on_role=role.changed, stall_s=settings.ha.takeover_s)
+        role.keeper = None if keeper is None else keeper.keeper
         holding: asyncio.Task[None] | None = None
         if keeper is None:
             role.changed(Role.ACTIVE, "the store is SQLite: a single instance")
@@ -251,6 +252,8 @@ async def _open_and_run(
                     board.install(None)
                 await keeper.release()
     finally:
+        if keeper is not None:
+            await keeper.close()
         with contextlib.suppress(Exception):
             await store.close()
 
@@ -292,7 +295,7 @@ def _signals() -> Generator[asyncio.Event, None, None]:
             loop.remove_signal_handler(sig)
 
 
-async def _wait_for_lease(keeper: LeaseKeeper, stop: asyncio.Event) -> bool:
+async def _wait_for_lease(keeper: LeaseThread, stop: asyncio.Event) -> bool:
     """Standby until the lease is ours (True) or a signal came first (False)."""
     acquire = asyncio.create_task(keeper.acquire(), name="lease-acquire")
     stopper = asyncio.create_task(stop.wait(), name="signal")
@@ -422,7 +425,7 @@ async def _run_with_store(
     return 0
 
 
-async def _hold_lease(keeper: LeaseKeeper) -> None:
+async def _hold_lease(keeper: LeaseThread) -> None:
     """Renew the lease; once it cannot be renewed, stop (LeaseLost: the ordered shutdown stops
     intake first, so nothing more is acknowledged, and the CLI exits 6)."""
     why = await keeper.hold()

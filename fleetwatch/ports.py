@@ -289,6 +289,10 @@ class Leases(Protocol):
         """Let the lease expire now (a clean stop), if ``holder`` still holds it with ``token``."""
         ...
 
+    async def disconnect_lease(self) -> None:
+        """Close whatever connection the lease calls opened, from the event loop that made them."""
+        ...
+
 
 class MessagePublisher(Protocol):
     """Retained QoS 1 publishes through the daemon's own connection (terminal notices).

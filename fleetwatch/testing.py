@@ -168,6 +168,9 @@ class MemoryStore:
         self._t.lease_rows[LEASE_NAME] = (holder, self._clock() + lease_s)
         return self._lease_view(True)
 
+    async def disconnect_lease(self) -> None:
+        return None
+
     async def release(self, holder: str, token: int) -> None:
         await asyncio.sleep(0)
         self._lease_call()

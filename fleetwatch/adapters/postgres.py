@@ -315,9 +315,9 @@ class PostgresStore:
             return
         async with self._write_lock:
             self._closed = True
-            if self._lease_conn is not None:
-                with contextlib.suppress(*_DATA_ERRORS):
-                    await self._lease_conn.close()
+            if self._lease_conn is not None:  # normally closed by disconnect_lease, in its own loop
+                with contextlib.suppress(Exception):
+                    self._lease_conn.terminate()
             with contextlib.suppress(*_DATA_ERRORS):
                 await self._pool.close()
             with contextlib.suppress(*_DATA_ERRORS):
@@ -419,6 +419,13 @@ class PostgresStore:
             await conn.execute(_LEASE_RELEASE, LEASE_NAME, holder, token)
 
         await self._on_lease_conn("releasing the lease", attempt)
+
+    async def disconnect_lease(self) -> None:
+        """Close the lease's connection, from the event loop that used it (the keeper's thread)."""
+        conn, self._lease_conn = self._lease_conn, None
+        if conn is not None:
+            with contextlib.suppress(*_DATA_ERRORS):
+                await asyncio.wait_for(conn.close(), 2.0)
 
     async def _on_lease_conn(self, what: str, attempt: Callable[[Any], Awaitable[_T]]) -> _T:
         """Run ``attempt`` on the lease's own connection; a failed connection is dropped (the next
