@@ -10,11 +10,15 @@ broker connection and the background workers only once the lease is held.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import os
 import secrets
 import socket
+import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
 
 import structlog
 
@@ -24,6 +28,8 @@ from fleetwatch.logs import RateLimitedLog
 from fleetwatch.ports import Leases
 
 log = structlog.get_logger("fleetwatch.ha")
+
+_T = TypeVar("_T")
 
 RoleListener = Callable[[Role, str], None]
 """Called with the new role and why, on every change (the log line and the metric)."""
@@ -42,7 +48,14 @@ class LeaseKeeper:
         self, leases: Leases, holder: str, lease_s: float, *, on_role: RoleListener,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        alive: Callable[[], float] | None = None, stall_s: float = 15.0,
     ) -> None:
+        """``alive`` answers when the daemon's own event loop last ran (on ``clock``), for a keeper
+        that runs elsewhere (LeaseThread): a daemon whose loop has not run for ``stall_s``
+        (``ha.takeover_s``: longer than a failover would take) is not renewed for, so a hung
+        process cannot keep the group from failing over."""
+        self._alive = alive
+        self._stall_s = stall_s
         self._leases = leases
         self.holder = holder
         self._timing = LeaseTiming(lease_s)
@@ -96,6 +109,10 @@ class LeaseKeeper:
         while True:
             await self._sleep_until(self._schedule.next_at)
             sent = self._clock()
+            if self._alive is not None:
+                silent = sent - self._alive()
+                if silent > self._stall_s:
+                    return self._stepped_down(f"the daemon's event loop has not run for {silent:.1f} s")
             if sent > self._schedule.step_down_at:
                 log.warning("renewing the lease late: this process was stalled",
                             late_s=round(sent - self._schedule.step_down_at, 3))
@@ -138,6 +155,68 @@ class LeaseKeeper:
         delay = at - self._clock()
         if delay > 0:
             await self._sleep(delay)
+
+
+class LeaseThread:
+    """A LeaseKeeper on an event loop of its own, in a thread of its own.
+
+    The daemon's own loop stalls for seconds at a time with a million terminals (measured on
+    the shared 2-core machine: 3-8 s, while loading the fleet and at each sweep), longer than
+    a renewal may wait; the keeper's thread gets the interpreter every few milliseconds
+    whatever the main loop does, so a busy daemon keeps its lease. The main loop still proves
+    it is alive (``beat``, every tenth of a lease): a loop silent for longer than a failover
+    would take (``stall_s``, ``ha.takeover_s``) is not renewed for, and the group fails over.
+
+    Every lease call, including the connection it opens, runs on the thread's loop; the
+    daemon awaits them from its own.
+    """
+
+    def __init__(self, leases: Leases, holder: str, lease_s: float, *, on_role: RoleListener,
+                 stall_s: float) -> None:
+        self._leases = leases
+        self._lease_s = lease_s
+        self.alive_at = time.monotonic()
+        self.keeper = LeaseKeeper(leases, holder, lease_s, on_role=on_role, alive=lambda: self.alive_at,
+                                  stall_s=stall_s)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fleetwatch-lease", daemon=True)
+        self._thread.start()
+
+    async def _call(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        future: concurrent.futures.Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return await asyncio.wrap_future(future)
+
+    @property
+    def token(self) -> int | None:
+        return self.keeper.token
+
+    async def acquire(self) -> int:
+        return await self._call(self.keeper.acquire())
+
+    async def hold(self) -> str:
+        """Renew (in the thread) while this loop beats; returns why the instance stepped down."""
+        beat = asyncio.create_task(self._beat(), name="lease-beat")
+        try:
+            return await self._call(self.keeper.hold())
+        finally:
+            beat.cancel()
+
+    async def _beat(self) -> None:
+        while True:
+            self.alive_at = time.monotonic()
+            await asyncio.sleep(self._lease_s / 10)
+
+    async def release(self) -> None:
+        await self._call(self.keeper.release())
+
+    async def close(self) -> None:
+        """Close the lease's connection in its own loop, then end the thread."""
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._call(self._leases.disconnect_lease()), 3.0)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        await asyncio.to_thread(self._thread.join, 5.0)
+        if not self._thread.is_alive():
+            self._loop.close()
 
 
 def _describe(exc: BaseException) -> str:

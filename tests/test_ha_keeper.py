@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from fleetwatch.core.lease import LeaseView, Role
 from fleetwatch.errors import StoreError
-from fleetwatch.ha import LeaseKeeper, instance_name
+from fleetwatch.ha import LeaseKeeper, LeaseThread, instance_name
 from fleetwatch.testing import MemoryStore
 
 LEASE = 6.0
@@ -71,6 +71,9 @@ class Flaky:
     async def release(self, holder: str, token: int) -> None:
         self._check()
         await self.store.release(holder, token)
+
+    async def disconnect_lease(self) -> None:
+        return None
 
 
 @dataclass
@@ -253,3 +256,46 @@ def test_instance_names_differ_between_processes_on_one_host() -> None:
     first, second = instance_name(), instance_name()
     assert first != second
     assert first.rsplit(":", 1)[0] == second.rsplit(":", 1)[0]
+
+
+async def test_a_keeper_whose_daemon_loop_is_silent_does_not_renew_for_it() -> None:
+    """The keeper runs beside the daemon's loop (LeaseThread); a loop that has not beaten for
+    ``stall_s`` (ha.takeover_s) is treated as hung: the lease is not renewed for it."""
+    time = FakeTime()
+    store = MemoryStore(clock=time.clock)
+    beat = [0.0]
+    a = Instance("a", time, Flaky(store))
+    a.keeper = LeaseKeeper(a.link, "a", LEASE, clock=time.clock, sleep=time.sleep, alive=lambda: beat[0],
+                           stall_s=2 * LEASE, on_role=lambda role, why: a.changes.append((time.now, role, why)))
+    a.start()
+    for t in range(1, 11):  # the loop beats until 10 s
+        await time.run_until(float(t))
+        beat[0] = float(t)
+    await time.run_until(40.0)
+    assert a.task is not None
+    assert a.task.done()
+    assert "event loop has not run for" in a.task.result()
+    down = a.stepped_down_at()
+    assert down is not None
+    assert 10.0 + 2 * LEASE < down <= 10.0 + 2 * LEASE + LEASE / 3  # at the first renewal past stall_s
+
+
+async def test_the_lease_thread_claims_renews_and_releases_on_its_own_loop() -> None:
+    """LeaseThread against the in-memory store (real clock, 1 s lease): the claim and the renewals
+    run in the thread, the caller's loop only awaits them; a clean stop releases the lease."""
+    store = MemoryStore()
+    changes: list[Role] = []
+    thread = LeaseThread(store, "t", 1.0, on_role=lambda role, _why: changes.append(role), stall_s=5.0)
+    try:
+        assert await thread.acquire() == 1
+        hold = asyncio.create_task(thread.hold())
+        await asyncio.sleep(1.5)  # longer than the lease: only renewals keep it
+        assert not hold.done()
+        assert not (await store.claim("other", 1.0)).held
+        hold.cancel()
+        await asyncio.gather(hold, return_exceptions=True)
+        await thread.release()
+        assert (await store.claim("other", 1.0)).held
+    finally:
+        await thread.close()
+    assert changes == [Role.STANDBY, Role.ACTIVE]
