@@ -182,8 +182,8 @@ async def figure_ingest(command: str, opts: Options) -> Figure:
     fig.rows.append(("pending / none (medians)", f"{some / none:.3f}", ">= 0.95",
                      None if opts.smoke else some / none >= 0.95))
     fig.notes.append(f"{st.messages:,} messages from {opts.terminals:,} terminals; the receiver answers 503, so "
-                     "the worker retries the pending events (the default backoff: 1 s, 2 s, 4 s ... with jitter) while the "
-                     "stream runs")
+                     "the worker retries the pending events (the default backoff: 1 s, 2 s, 4 s ... with jitter) "
+                     "while the stream runs")
     fig.notes.append(f"load average {load0:.1f} before, {os.getloadavg()[0]:.1f} after, on 2 cores shared with "
                      "other work: single runs vary by ±20%, hence two alternated runs per side")
     return fig
