@@ -1,4 +1,4 @@
-"""``python -m bench {publisher|ingest|stores|memory|restart|metrics|latency|failover|all}... [--smoke]``.
+"""``python -m bench {publisher|ingest|stores|memory|restart|metrics|latency|failover|notify|all}... [--smoke]``.
 
 ``--store postgresql`` runs memory, restart and metrics on PostgreSQL; stores and failover
 always start a private PostgreSQL cluster.
@@ -16,14 +16,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from bench import failover, harness, notices, report
+from bench import failover, harness, notices, notify_bench, report
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("what", nargs="+",
                    choices=("publisher", "ingest", "stores", "memory", "restart", "metrics", "latency", "notices",
-                            "failover", "all"))
+                            "failover", "notify", "all"))
     p.add_argument("--smoke", action="store_true", help="tiny and fast (2,000 messages); no speed targets")
     p.add_argument("--terminals", type=int, default=None, help="fleet of the ingest stream (default 20,000)")
     p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 200,000)")
@@ -88,6 +88,10 @@ async def _run(what: set[str], opts: harness.Options) -> list[report.Figure]:
         figs.append(await notices.figure_page(cmd, opts.smoke))
         figs.append(await notices.figure_ingest(cmd, opts))
         figs.append(await asyncio.to_thread(notices.figure_outage, cmd, opts.smoke))
+    if "notify" in what:
+        cmd = f"{opts.command} notify{' --smoke' if opts.smoke else ''}"
+        figs.append(await notify_bench.figure_outbox(cmd, opts.smoke))
+        figs.append(await notify_bench.figure_ingest(cmd, opts))
     fleet_figs = what & {"memory", "restart", "metrics"}
     if fleet_figs:
         figs += await harness.figure_fleet(opts, fleet_figs)

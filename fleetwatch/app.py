@@ -39,7 +39,7 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Generator, Mapping, Sequence
 from pathlib import Path
 
 import structlog
@@ -54,17 +54,19 @@ from fleetwatch.adapters.notice_page import merchant_app, merchant_router
 from fleetwatch.adapters.notify import AlertmanagerNotifier
 from fleetwatch.adapters.postgres import PostgresStore
 from fleetwatch.adapters.sqlite import SqliteStore
+from fleetwatch.adapters.webhooks import WebhookDelivery
 from fleetwatch.config import Settings, StoreSettings, deprecated_settings, start_summary
 from fleetwatch.core.calendar import Calendar
 from fleetwatch.core.catalogue import Catalogue, Context
 from fleetwatch.core.engine import Engine
 from fleetwatch.core.lease import Role
-from fleetwatch.core.model import Effect, Incident
+from fleetwatch.core.model import Effect, Incident, NotificationWrite
 from fleetwatch.core.screens import TerminalScreens
 from fleetwatch.credentials import write_token_file
 from fleetwatch.errors import LeaseLost, ListenError, StoreError
 from fleetwatch.ha import LeaseKeeper, LeaseThread, instance_name
 from fleetwatch.merchant_notices import MerchantNotices, NoticeApi, NoticeLinks, new_secret
+from fleetwatch.merchant_notifications import Notifications
 from fleetwatch.pipeline import Pipeline
 from fleetwatch.ports import ConnectFailure, Leases, Store
 from fleetwatch.storage.restore import feed_in_thread
@@ -368,7 +370,7 @@ async def _run_with_store(
     app = build_app(
         token=await api_token(settings, store), exposition=metrics.exposition, reads=store, decisions=engine,
         commit=commit, not_ready_reason=lambda: not_ready_reason(source.connected, source.failure),
-        clock=time.time, notices=NoticeApi(notices, links),
+        clock=time.time, notices=NoticeApi(notices, links), outbox=store,
     )
     pages = merchant_router(notices, links, time.time)
     if len(boards) > 1:
@@ -383,6 +385,8 @@ async def _run_with_store(
     ) if settings.notify.alertmanager_url else None
     if notifier is not None:
         pipeline.add_commit_listener(notifier.on_commit)
+    delivery = await _start_notifications(settings, store, pipeline, metrics=metrics, catalogues=catalogues,
+                                          open_incidents=open_incidents, members=members)
 
     retention = RetentionJob(
         store, retention_seconds(settings.store.retain_days, settings.detect.day_s), clock=time.time,
@@ -402,8 +406,11 @@ async def _run_with_store(
     }
     if holding is not None:
         tasks.add(holding)
+    # Background workers (they act on the outside world: only an active instance runs them).
     if notifier is not None:
         tasks.add(asyncio.create_task(notifier.run(), name="notifier"))
+    if delivery is not None:
+        tasks.add(asyncio.create_task(delivery.run(), name="webhooks"))
     stopper = asyncio.create_task(stop.wait(), name="signal")
     done, _ = await asyncio.wait(tasks | {stopper}, return_when=asyncio.FIRST_COMPLETED)
     failure = _failure_of(tasks & done)
@@ -481,6 +488,29 @@ async def _start_terminal_notices(
                            on_published=metrics.terminal_notices.inc, on_acked=metrics.terminal_notices_acked.inc)
     pipeline.add_commit_listener(glue.on_commit)
     pipeline.add_sweep_listener(glue.on_sweep)
+
+
+async def _start_notifications(
+    settings: Settings, store: Store, pipeline: Pipeline, *, metrics: Metrics, catalogues: Mapping[str, Catalogue],
+    open_incidents: list[Incident], members: dict[str, list[tuple[str, str | None]]],
+) -> WebhookDelivery | None:
+    """Merchant notifications (CONTRACT §6): the rules restored from the outbox and fed every
+    batch before it is written; the worker that delivers the outbox. None without receivers."""
+    notifications = Notifications.from_settings(settings, catalogues, notice_context(settings))
+    if notifications is None:
+        return None
+    notifications.restore(open_incidents, members, await store.load_notification_state(), time.time())
+    pipeline.derive_with(notifications.derive)
+    metrics.notification_channels(w.name for w in settings.notify.merchant_webhooks)
+    delivery = WebhookDelivery(store, settings.notify, on_outcome=metrics.notification_outcome,
+                               on_depth=metrics.notification_queue.set)
+
+    def wake(effects: Sequence[Effect]) -> None:
+        if any(isinstance(e, NotificationWrite) for e in effects):
+            delivery.wake()
+
+    pipeline.add_commit_listener(wake)
+    return delivery
 
 
 async def _shutdown(

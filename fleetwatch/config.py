@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, f
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from fleetwatch.core.model import ACQUIRER_DECISIONS, BLAMES, CAUSES, KINDS
+from fleetwatch.core.notify_events import QuietHours
 from fleetwatch.errors import ConfigError
 
 UNUSED_SETTING = "nothing reads it any more: ignored in this release, refused from the next one; remove it"
@@ -346,12 +347,107 @@ class LogSettings(_Section):
     reject_log_interval_s: float = Field(default=10.0, ge=0)
 
 
+RECEIVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class MerchantWebhook(_Section):
+    """One receiver of merchant notifications (CONTRACT §6): the acquirer's SMS gateway, app
+    push or chat bot. Its ``name`` is the ``channel`` label of the metrics."""
+
+    name: str
+    url: str
+    secret: SecretStr
+    """HMAC-SHA256 key of the ``X-Fleetwatch-Signature`` header."""
+    lang: Literal["zh-CN", "en"] | None = None
+    """The language of its texts; unset: ``notice.default_lang``."""
+    min_severity: Literal["info", "minor", "major", "critical"] = "major"
+    """Notices below it go into the daily digest (the acquirer's decisions never do)."""
+    kinds: list[str] = Field(default_factory=list)
+    """Only these incident kinds; empty: every kind."""
+    quiet_hours: str = ""
+    """e.g. "22:00-08:00" in ``notify.timezone``: only critical events and the acquirer's decisions then."""
+    timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not RECEIVER_NAME.match(v):
+            raise ValueError(f"must be 1-32 of a-z 0-9 _ - (a metric label), got {v!r}")
+        return v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        if urlsplit(v).scheme not in ("http", "https") or not urlsplit(v).netloc:
+            raise ValueError(f"must be an http:// or https:// URL (got {mask_url(v)!r})")
+        return v
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, v: SecretStr) -> SecretStr:
+        if len(v.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters (it signs every event)")
+        return v
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, v: list[str]) -> list[str]:
+        unknown = sorted(set(v) - set(KINDS))
+        if unknown:
+            raise ValueError(f"unknown kind(s) {unknown}; known: {', '.join(KINDS)}")
+        return v
+
+    @field_validator("quiet_hours")
+    @classmethod
+    def _quiet(cls, v: str) -> str:
+        if v:
+            QuietHours.parse(v)
+        return v
+
+
 class NotifySettings(_Section):
     alertmanager_url: str = ""
     """Empty: no pushing to Alertmanager."""
     min_severity: Literal["info", "minor", "major", "critical"] = "major"
+    """The paging threshold for Alertmanager (merchant receivers have their own ``min_severity``)."""
     resend_s: float = Field(default=60.0, gt=0)
     generator_url: str = ""
+    merchant_webhooks: list[MerchantWebhook] = Field(default_factory=list)
+    """Merchant notifications (CONTRACT §6); empty: none are made."""
+    merchant_max_per_hour: int = Field(default=6, ge=1)
+    """Events per merchant and receiver in one hour; the rest of it goes into one digest."""
+    give_up_after_s: float = Field(default=86400.0, gt=0)
+    """An event not delivered this long after it was due is marked failed."""
+    timezone: str = "Asia/Shanghai"
+    """IANA zone of quiet hours, hourly caps and daily digests."""
+    delivery_concurrency: int = Field(default=8, ge=1, le=256)
+    """Deliveries in flight at once, over all receivers."""
+    retry_initial_s: float = Field(default=1.0, gt=0)
+    """The first retry's delay; each next one doubles it (with jitter) up to ``retry_max_s``."""
+    retry_max_s: float = Field(default=300.0, gt=0)
+    poll_s: float = Field(default=0.5, gt=0)
+    """How often the delivery worker looks for due events when it was not woken."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"notify.timezone {v!r} is not a known IANA time zone") from exc
+        return v
+
+    @field_validator("merchant_webhooks")
+    @classmethod
+    def _unique(cls, v: list[MerchantWebhook]) -> list[MerchantWebhook]:
+        names = [w.name for w in v]
+        if len(names) != len(set(names)):
+            raise ValueError(f"receiver names must be unique (got {names})")
+        return v
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
 
     @field_validator("alertmanager_url", "generator_url")
     @classmethod
@@ -516,6 +612,8 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
         for key, value in section.items():
             if isinstance(value, str) and (key == "url" or key.endswith("_url")):
                 section[key] = mask_url(value)
+    for hook in dumped["notify"]["merchant_webhooks"]:
+        hook["url"] = mask_url(hook["url"])
     return dumped
 
 

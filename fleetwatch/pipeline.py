@@ -29,6 +29,8 @@ log = structlog.get_logger("fleetwatch.pipeline")
 
 CommitListener = Callable[[Sequence[Effect]], None]
 SweepListener = Callable[[float], None]
+Derive = Callable[[Sequence[Effect], float], list[Effect]]
+"""Effects -> more effects for the same transaction (see ``Pipeline.derive_with``)."""
 
 TERMINALS_PER_WRITE = 5_000
 """Terminal rows per store transaction (about 60 ms of SQLite work here): small enough
@@ -80,6 +82,7 @@ class Pipeline:
         self._last_snapshot = 0.0
         self._listeners: list[CommitListener] = []
         self._sweep_listeners: list[SweepListener] = []
+        self._derive: Derive | None = None
         metrics.ingest_lag.set_function(self._lag)
         # Child counters looked up once: labels() costs more than the increment itself.
         self._received = {kind: metrics.received.labels(type=kind) for kind in MESSAGE_TYPES}
@@ -124,6 +127,11 @@ class Pipeline:
     def add_commit_listener(self, listener: CommitListener) -> None:
         """Called with each committed batch's effects (notifications, metrics)."""
         self._listeners.append(listener)
+
+    def derive_with(self, derive: Derive) -> None:
+        """Effects derived from each batch before it is written, committed in its transaction
+        (the merchant notifications' outbox rows: an event commits with its incident change)."""
+        self._derive = derive
 
     def add_sweep_listener(self, listener: SweepListener) -> None:
         """Called on every sweep, after the engine's tick (terminal notices are published then)."""
@@ -210,6 +218,8 @@ class Pipeline:
         if self._terminal_backlog:
             self._wake.set()
         batches = self._engine.take_dirty_batches()
+        if effects and self._derive is not None:
+            effects = [*effects, *self._derived(effects, now)]
         if not (effects or terminals or batches):
             if future is not None:
                 future.set_result(None)
@@ -226,6 +236,17 @@ class Pipeline:
         if future is not None:
             future.set_result(None)
         self._after_commit(effects)
+
+    def _derived(self, effects: Sequence[Effect], now: float) -> list[Effect]:
+        assert self._derive is not None
+        try:
+            return self._derive(effects, now)
+        except Exception:
+            # A bug in a derived feature must not stop intake: counted, logged (rate-limited).
+            self._metrics.processing_errors.inc()
+            if self._error_log.should_log("derive")[0]:
+                log.exception("deriving effects failed")
+            return []
 
     def _after_commit(self, effects: Sequence[Effect]) -> None:
         now = self._clock()

@@ -17,10 +17,12 @@ from fleetwatch.core.model import (
     AcquirerStatus,
     BatchRecord,
     DeadLetter,
+    DeliveryResult,
     Effect,
     Incident,
     IncidentEvent,
     MerchantHoursRecord,
+    NotificationRecord,
     TerminalNoticeWrite,
     TerminalRecord,
 )
@@ -203,7 +205,37 @@ class StoreReads(Protocol):
         ...
 
 
-class Store(StoreWriter, StoreRestore, StoreReads, Protocol):
+class NotificationOutbox(Protocol):
+    """The merchant notifications' outbox (CONTRACT §6) as the delivery worker, the restart and
+    the ops API use it. Rows are written by the pipeline's transactions (``NotificationWrite``
+    effects); see fleetwatch/storage/outbox.py for the statements every backend shares."""
+
+    async def due_notifications(self, now: float, limit: int, *, margin_s: float = 0.0) -> list[NotificationRecord]:
+        """Pending rows due by ``now - margin_s`` whose retry time (``next_at``) has come, in
+        insertion order (``seq``), at most ``limit``; of each (receiver, notice) only the oldest
+        pending row (a notice's events go out in order; an upstream notice is one per merchant)."""
+        ...
+
+    async def record_deliveries(self, results: Sequence[DeliveryResult]) -> None:
+        """Attempts' outcomes, in one transaction (fenced like every write); a row no longer
+        pending is left as it is."""
+        ...
+
+    async def load_notification_state(self) -> list[NotificationRecord]:
+        """Every pending row and the last told row of each (receiver, notice), by ``seq``."""
+        ...
+
+    async def list_notifications(
+        self, *, status: str = "all", merchant_id: str | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[NotificationRecord], str | None]:
+        """A page newest first by ``seq`` and the next page's cursor; BadRequest for a bad status,
+        limit or cursor."""
+        ...
+
+    async def count_pending_notifications(self) -> int: ...
+
+
+class Store(StoreWriter, StoreRestore, StoreReads, NotificationOutbox, Protocol):
     """A whole backend: the three interfaces, retention, fencing and its lifecycle."""
 
     @property

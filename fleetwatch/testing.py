@@ -15,7 +15,7 @@ import itertools
 import math
 import time
 from collections.abc import AsyncIterator, Callable, Coroutine, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Final
 
 from fleetwatch.core.lease import LeaseView
@@ -23,15 +23,17 @@ from fleetwatch.core.model import (
     AcquirerStatus,
     BatchRecord,
     DeadLetter,
+    DeliveryResult,
     Effect,
     Incident,
     IncidentEvent,
     MerchantHoursRecord,
+    NotificationRecord,
     TerminalNoticeWrite,
     TerminalRecord,
 )
 from fleetwatch.errors import LeaseLost, StoreError
-from fleetwatch.storage import paging
+from fleetwatch.storage import outbox, paging
 from fleetwatch.storage.retention import PurgeKind
 from fleetwatch.storage.rows import (
     BATCH_COLUMNS,
@@ -88,6 +90,8 @@ class _Tables:
     notices: dict[str, Row] = field(default_factory=dict)
     statuses: dict[str, Row] = field(default_factory=dict)
     hours: dict[str, Row] = field(default_factory=dict)
+    notifications: dict[str, NotificationRecord] = field(default_factory=dict)
+    """event_id -> row, in insertion order (the dict's order is ``seq``'s)."""
     secrets: dict[str, str] = field(default_factory=dict)
     leases: dict[str, int] = field(default_factory=dict)
     lease_rows: dict[str, tuple[str, float]] = field(default_factory=dict)
@@ -231,6 +235,8 @@ class MemoryStore:
                 t.statuses[row[0]] = row
             for row in prepared.hours:
                 t.hours[row[0]] = row
+            for row in prepared.notifications:
+                self._outbox_row(t, row)
             self._t = t
             self.writes += 1
 
@@ -427,6 +433,68 @@ class MemoryStore:
             wanted = {ref for r in found.values() for ref in (r[_I_PARENT], r[_I_PREVIOUS])
                       if ref is not None and ref not in found and ref in t.incidents}
         return [incident_of(r) for r in found.values()], members
+
+    # ---- the notifications' outbox ----------------------------------------------------
+
+    def _outbox_row(self, t: _Tables, row: Row) -> None:
+        """Insert, or rewrite a pending row's rules' columns (as the databases' upsert does)."""
+        old = t.notifications.get(row[0])
+        if old is None:
+            t.notifications[row[0]] = NotificationRecord(next(self._ids), *row)
+        elif old.status == "pending":
+            t.notifications[row[0]] = replace(NotificationRecord(old.seq, *row), attempts=old.attempts,
+                                              next_at=old.next_at, last_error=old.last_error, sent_at=old.sent_at)
+
+    async def due_notifications(self, now: float, limit: int, *, margin_s: float = 0.0) -> list[NotificationRecord]:
+        self._check_open()
+        heads: set[tuple[str, str, str]] = set()
+        out = []
+        for r in self._t.notifications.values():
+            if r.status != "pending":
+                continue
+            key = (r.receiver, r.merchant_id, r.notice_id)
+            if r.notice_id and key in heads:
+                continue
+            heads.add(key)
+            if r.due_at <= now - margin_s and r.next_at <= now:
+                out.append(r)
+        return out[:limit]
+
+    async def record_deliveries(self, results: Sequence[DeliveryResult]) -> None:
+        async with self._lock:
+            self._check_open()
+            await asyncio.sleep(0)
+            self._check_fence()
+            rows = dict(self._t.notifications)
+            for r in results:
+                old = rows.get(r.event_id)
+                if old is not None and old.status == "pending":
+                    rows[r.event_id] = replace(old, status=r.status, attempts=r.attempts, next_at=r.next_at,
+                                               last_error=r.last_error, sent_at=r.sent_at)
+            self._t.notifications = rows
+
+    async def load_notification_state(self) -> list[NotificationRecord]:
+        self._check_open()
+        last: dict[tuple[str, str, str], NotificationRecord] = {}
+        for r in self._t.notifications.values():
+            if r.notice_id and r.status != "collapsed":
+                last[(r.receiver, r.merchant_id, r.notice_id)] = r
+        told = {r.event_id for r in last.values() if r.type != "notice.resolved"}
+        return [r for r in self._t.notifications.values() if r.status == "pending" or r.event_id in told]
+
+    async def list_notifications(
+        self, *, status: str = "all", merchant_id: str | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[NotificationRecord], str | None]:
+        outbox.list_query(status, merchant_id, limit, cursor)  # the same checks of status, limit and cursor
+        below = outbox.decode_cursor(cursor) if cursor is not None else None
+        rows = [r for r in reversed(self._t.notifications.values())
+                if (r.status != "collapsed" if status == "all" else r.status == status)
+                and (merchant_id is None or r.merchant_id == merchant_id) and (below is None or r.seq < below)]
+        more = len(rows) > limit
+        return rows[:limit], (outbox.cursor_of(rows[limit - 1].seq) if more else None)
+
+    async def count_pending_notifications(self) -> int:
+        return sum(1 for r in self._t.notifications.values() if r.status == "pending")
 
     async def secret(self, name: str, candidate: str) -> str:
         async with self._lock:

@@ -249,6 +249,8 @@ class Daemon:
     proc: subprocess.Popen[bytes] | None = None
     store_url: str | None = None
     """None: a SQLite file in ``workdir``; else e.g. a PostgreSQL URL."""
+    extra_toml: str = ""
+    """Appended to the config as written (arrays of tables, e.g. ``[[notify.merchant_webhooks]]``)."""
 
     @property
     def api(self) -> str:
@@ -279,7 +281,7 @@ class Daemon:
         for section, values in sections.items():
             lines.append(f"[{section}]")
             lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-        return "\n".join(lines) + "\n"
+        return "\n".join(lines) + "\n" + self.extra_toml
 
     def start(self, *, wait_ready: bool = True) -> None:
         config = self.workdir / "fleetwatch.toml"

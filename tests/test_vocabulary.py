@@ -13,7 +13,7 @@ from typing import Any, get_args
 
 import pytest
 
-from fleetwatch.core import model
+from fleetwatch.core import model, notify_events
 from fleetwatch.core.messages import TerminalStateName
 from fleetwatch.ports import CONNECT_FAILURE_REASONS
 from fleetwatch.storage.migrations import DIALECTS, Dialect, migrations
@@ -115,11 +115,14 @@ def test_detection_page_config_causes_are_the_response_code_causes() -> None:
 @pytest.mark.parametrize("dialect", DIALECTS)
 def test_store_schema_checks_the_model_values(dialect: Dialect) -> None:
     """The CHECK constraints of each dialect's migrations allow exactly the model's scopes, severities,
-    statuses and acquirer statuses."""
+    statuses and acquirer statuses, and the outbox's event types and row statuses."""
     sql = "\n".join(m.sql for m in migrations(dialect))
-    checks = {m[1]: tuple(re.findall(r"'([^']+)'", m[2])) for m in re.finditer(r"CHECK \((\w+) IN \(([^)]*)\)\)", sql)}
-    assert checks == {"scope": model.SCOPES, "severity": model.SEVERITIES, "status": model.STATUSES,
-                      "acquirer_status": model.ACQUIRER_STATUSES}
+    checks: dict[str, list[tuple[str, ...]]] = {}
+    for m in re.finditer(r"CHECK \((\w+) IN \(([^)]*)\)\)", sql):
+        checks.setdefault(m[1], []).append(tuple(re.findall(r"'([^']+)'", m[2])))
+    assert checks == {"scope": [model.SCOPES], "severity": [model.SEVERITIES],
+                      "status": [model.STATUSES, notify_events.ROW_STATUSES],
+                      "acquirer_status": [model.ACQUIRER_STATUSES], "type": [notify_events.EVENT_TYPES]}
 
 
 def test_wire_states_are_terminal_states() -> None:

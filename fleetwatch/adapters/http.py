@@ -27,10 +27,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fleetwatch import __version__
 from fleetwatch.core.hours import HoursError, WeeklyHours
-from fleetwatch.core.model import AcquirerStatus, Effect, Incident, TerminalRecord, TerminalWrite
+from fleetwatch.core.model import AcquirerStatus, Effect, Incident, NotificationRecord, TerminalRecord, TerminalWrite
 from fleetwatch.core.settlement import money_at_stake, reconcile_day
 from fleetwatch.errors import BadRequest, Conflict, NotFound, RequestError, UnknownIncident, UnknownTerminal
-from fleetwatch.ports import StoreReads
+from fleetwatch.ports import NotificationOutbox, StoreReads
 from fleetwatch.timefmt import parse_time, rfc3339
 
 log = structlog.get_logger("fleetwatch.http")
@@ -199,6 +199,31 @@ class TerminalOut(BaseModel):
         )
 
 
+class NotificationOut(BaseModel):
+    """One outbox row (CONTRACT §6): one event for one receiver."""
+
+    event_id: str
+    receiver: str
+    type: str
+    merchant_id: str
+    status: str
+    attempts: int
+    last_error: str | None
+    created_at: str | None
+    sent_at: str | None
+
+    @classmethod
+    def of(cls, r: NotificationRecord) -> NotificationOut:
+        return cls(event_id=r.event_id, receiver=r.receiver, type=r.type, merchant_id=r.merchant_id,
+                   status=r.status, attempts=r.attempts, last_error=r.last_error, created_at=rfc3339(r.created_at),
+                   sent_at=rfc3339(r.sent_at))
+
+
+class NotificationPage(BaseModel):
+    items: list[NotificationOut]
+    next_cursor: str | None
+
+
 class TerminalPage(BaseModel):
     items: list[TerminalOut]
     next_cursor: str | None
@@ -352,6 +377,7 @@ def build_app(
     not_ready_reason: Callable[[], str | None],
     clock: Callable[[], float],
     notices: Notices | None = None,
+    outbox: NotificationOutbox | None = None,
 ) -> FastAPI:
     """The ASGI app; every dependency is passed in so tests can build it around fakes.
 
@@ -426,6 +452,17 @@ def build_app(
     @app.post("/api/v1/incidents/{incident_id}/resolve", dependencies=auth)
     async def resolve(incident_id: str) -> IncidentOut:
         return await _act(incident_id, decisions.resolve)
+
+    @app.get("/api/v1/notifications", dependencies=auth)
+    async def list_notifications(
+        status: str = "all", merchant_id: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+        cursor: str | None = None,
+    ) -> NotificationPage:
+        if outbox is None:
+            return NotificationPage(items=[], next_cursor=None)
+        items, next_cursor = await outbox.list_notifications(status=status, merchant_id=merchant_id, limit=limit,
+                                                             cursor=cursor)
+        return NotificationPage(items=[NotificationOut.of(r) for r in items], next_cursor=next_cursor)
 
     @app.get("/api/v1/terminals", dependencies=auth)
     async def list_terminals(

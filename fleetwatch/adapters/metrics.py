@@ -10,7 +10,7 @@ Every label combination the dashboards read is emitted from the start with value
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -19,6 +19,7 @@ from prometheus_client.registry import Collector
 from fleetwatch import __version__
 from fleetwatch.core.lease import ROLES, Role
 from fleetwatch.core.model import CAUSES, KINDS, MESSAGE_TYPES, REJECT_REASONS, SCOPES, SEVERITIES, TERMINAL_STATES
+from fleetwatch.core.notify_events import EVENT_TYPES
 from fleetwatch.core.settlement import minor_to_major
 from fleetwatch.core.snapshot import FleetSnapshot
 from fleetwatch.ports import CONNECT_FAILURE_REASONS
@@ -168,6 +169,23 @@ class Metrics:
         self.publish_backlog = Gauge(
             "fleetwatch_mqtt_publish_backlog", "Own publishes queued or waiting for their PUBACK.", registry=r,
         )
+        self.notifications_sent = Counter(
+            "fleetwatch_notifications_sent", "Merchant notification events a receiver accepted (2xx).",
+            ["channel", "type"], registry=r,
+        )
+        self.notifications_failed = Counter(
+            "fleetwatch_notifications_failed",
+            "Merchant notification events given up: refused (4xx) or undelivered within notify.give_up_after_s.",
+            ["channel"], registry=r,
+        )
+        self.notification_retries = Counter(
+            "fleetwatch_notification_retries", "Delivery attempts that will be retried (5xx, 408, 429, network).",
+            ["channel"], registry=r,
+        )
+        self.notification_queue = Gauge(
+            "fleetwatch_notification_queue_depth", "Merchant notification events pending (waiting or retrying).",
+            registry=r,
+        )
         self.role = Gauge(
             "fleetwatch_role", "1 for this instance's role (active: holds the store's lease and the broker session).",
             ["role"], registry=r,
@@ -192,6 +210,23 @@ class Metrics:
                 self.opened.labels(kind=kind, scope=scope)
                 self.resolved.labels(kind=kind, scope=scope)
         r.register(SnapshotCollector(lambda: self.snapshot))
+
+    def notification_channels(self, channels: Iterable[str]) -> None:
+        """Create every (channel, type) series of the configured receivers at 0."""
+        for channel in channels:
+            self.notifications_failed.labels(channel=channel)
+            self.notification_retries.labels(channel=channel)
+            for event_type in EVENT_TYPES:
+                self.notifications_sent.labels(channel=channel, type=event_type)
+
+    def notification_outcome(self, channel: str, event_type: str, outcome: str) -> None:
+        """The delivery worker's ``on_outcome``."""
+        if outcome == "sent":
+            self.notifications_sent.labels(channel=channel, type=event_type).inc()
+        elif outcome == "failed":
+            self.notifications_failed.labels(channel=channel).inc()
+        else:
+            self.notification_retries.labels(channel=channel).inc()
 
     def set_role(self, role: Role) -> None:
         for each in ROLES:

@@ -44,15 +44,17 @@ from fleetwatch.core.model import (
     AcquirerStatus,
     BatchRecord,
     DeadLetter,
+    DeliveryResult,
     Effect,
     Incident,
     IncidentEvent,
     MerchantHoursRecord,
+    NotificationRecord,
     TerminalNoticeWrite,
     TerminalRecord,
 )
 from fleetwatch.errors import LeaseLost, StoreError
-from fleetwatch.storage import paging
+from fleetwatch.storage import outbox, paging
 from fleetwatch.storage.migrations import SCHEMA_VERSION_DDL, migrations, pending
 from fleetwatch.storage.retention import PurgeKind
 from fleetwatch.storage.rows import (
@@ -76,6 +78,7 @@ from fleetwatch.storage.rows import (
     event_of,
     hours_of,
     incident_of,
+    notification_of,
     prepare,
     status_of,
     terminal_notice_of,
@@ -214,7 +217,8 @@ def _insert_sql(table: Table, types: Mapping[str, str]) -> str:
         return f"{sql} ON CONFLICT ({_cols(table.key)}) DO NOTHING"
     if table.conflict is OnConflict.UPDATE:
         updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in table.columns if c not in table.key)
-        return f"{sql} ON CONFLICT ({_cols(table.key)}) DO UPDATE SET {updates}"
+        where = f" WHERE {table.update_if}" if table.update_if else ""
+        return f"{sql} ON CONFLICT ({_cols(table.key)}) DO UPDATE SET {updates}{where}"
     return sql
 
 
@@ -689,6 +693,40 @@ class PostgresStore:
                     )
                     value = await self._writer.fetchval("SELECT value FROM secrets WHERE name = $1", name)
         return str(value)
+
+    # ---- the notifications' outbox (fleetwatch/storage/outbox.py) --------------------
+
+    async def due_notifications(self, now: float, limit: int, *, margin_s: float = 0.0) -> list[NotificationRecord]:
+        return [notification_of(r) for r in await self._fetch(_DUE, now - margin_s, now, limit)]
+
+    async def record_deliveries(self, results: Sequence[DeliveryResult]) -> None:
+        if not results:
+            return
+        params = [(r.status, r.attempts, r.next_at, r.last_error, r.sent_at, r.event_id) for r in results]
+        self._check_open()
+        with _translated("store write", self._where):
+            async with self._pool.acquire() as conn, _transaction(conn):
+                await self._check_fence(conn)
+                await conn.executemany(_RECORD, params)
+
+    async def load_notification_state(self) -> list[NotificationRecord]:
+        return [notification_of(r) for r in await self._fetch(_STATE)]
+
+    async def list_notifications(
+        self, *, status: str = "all", merchant_id: str | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[NotificationRecord], str | None]:
+        sql, params = outbox.list_query(status, merchant_id, limit, cursor)
+        rows = [notification_of(r) for r in await self._fetch(outbox.numbered(sql), *params)]
+        more = len(rows) > limit
+        return rows[:limit], (outbox.cursor_of(rows[limit - 1].seq) if more else None)
+
+    async def count_pending_notifications(self) -> int:
+        return int(await self._fetchval(outbox.COUNT_PENDING))
+
+
+_DUE: Final = outbox.numbered(outbox.DUE)
+_RECORD: Final = outbox.numbered(outbox.RECORD)
+_STATE: Final = outbox.numbered(outbox.STATE)
 
 
 def _where(terms: Sequence[str]) -> str:

@@ -43,15 +43,17 @@ from fleetwatch.core.model import (
     AcquirerStatus,
     BatchRecord,
     DeadLetter,
+    DeliveryResult,
     Effect,
     Incident,
     IncidentEvent,
     MerchantHoursRecord,
+    NotificationRecord,
     TerminalNoticeWrite,
     TerminalRecord,
 )
 from fleetwatch.errors import LeaseLost, StoreError
-from fleetwatch.storage import paging
+from fleetwatch.storage import outbox, paging
 from fleetwatch.storage.migrations import SCHEMA_VERSION_DDL, Migration, migrations, pending
 from fleetwatch.storage.retention import PurgeKind
 from fleetwatch.storage.rows import (
@@ -74,6 +76,7 @@ from fleetwatch.storage.rows import (
     event_of,
     hours_of,
     incident_of,
+    notification_of,
     prepare,
     status_of,
     terminal_notice_of,
@@ -115,7 +118,8 @@ def _statement(table: Table) -> str:
         return f"{sql} ON CONFLICT ({_cols(table.key)}) DO NOTHING"
     if table.conflict is OnConflict.UPDATE:
         updates = ", ".join(f"{c} = excluded.{c}" for c in table.columns if c not in table.key)
-        return f"{sql} ON CONFLICT ({_cols(table.key)}) DO UPDATE SET {updates}"
+        where = f" WHERE {table.update_if}" if table.update_if else ""
+        return f"{sql} ON CONFLICT ({_cols(table.key)}) DO UPDATE SET {updates}{where}"
     return sql
 
 
@@ -731,6 +735,44 @@ class SqliteStore:
             except sqlite3.Error as exc:
                 raise StoreError(f"store write failed on {self._path}: {exc}") from exc
         return str(next(iter(rows))[0])
+
+
+    # ---- the notifications' outbox (fleetwatch/storage/outbox.py) --------------------
+
+    async def due_notifications(self, now: float, limit: int, *, margin_s: float = 0.0) -> list[NotificationRecord]:
+        return [notification_of(r) for r in await self._fetchall(outbox.DUE, (now - margin_s, now, limit))]
+
+    async def record_deliveries(self, results: Sequence[DeliveryResult]) -> None:
+        if not results:
+            return
+        params = [(r.status, r.attempts, r.next_at, r.last_error, r.sent_at, r.event_id) for r in results]
+        async with self._write_lock:
+            self._check_open()
+            conn = self._writer
+            try:
+                await conn.execute("BEGIN IMMEDIATE")
+                await self._check_fence()
+                await conn.executemany(outbox.RECORD, params)
+                await conn.execute("COMMIT")
+            except BaseException as exc:
+                await _rollback_quietly(conn)
+                if isinstance(exc, sqlite3.Error):
+                    raise StoreError(f"store write failed on {self._path}: {exc}") from exc
+                raise
+
+    async def load_notification_state(self) -> list[NotificationRecord]:
+        return [notification_of(r) for r in await self._fetchall(outbox.STATE)]
+
+    async def list_notifications(
+        self, *, status: str = "all", merchant_id: str | None = None, limit: int = 100, cursor: str | None = None,
+    ) -> tuple[list[NotificationRecord], str | None]:
+        sql, params = outbox.list_query(status, merchant_id, limit, cursor)
+        rows = [notification_of(r) for r in await self._fetchall(sql, params)]
+        more = len(rows) > limit
+        return rows[:limit], (outbox.cursor_of(rows[limit - 1].seq) if more else None)
+
+    async def count_pending_notifications(self) -> int:
+        return int(next(iter(await self._fetchall(outbox.COUNT_PENDING)))[0])
 
 
 def _where(terms: Sequence[str]) -> str:

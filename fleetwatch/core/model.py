@@ -452,5 +452,67 @@ class MerchantHoursWrite:
     record: MerchantHoursRecord
 
 
+@dataclass(frozen=True, slots=True)
+class NotificationWrite:
+    """One outbox row of a merchant notification (CONTRACT §6), written in the same transaction
+    as the incident change that caused it (``core/notify_events.py`` decides it).
+
+    A second write of the same ``event_id`` while the row is still ``pending`` replaces what the
+    rules own (type, status, due time, items, body) and leaves the delivery's own columns
+    (attempts, next attempt, last error, sent time) alone; a row no longer pending is never
+    rewritten (it may be on the wire)."""
+
+    event_id: str
+    receiver: str
+    merchant_id: str
+    notice_id: str
+    """The notice's incident id; "" for a digest."""
+    type: str
+    digest: str
+    """"daily" or "hourly" for a digest, else ""."""
+    status: str
+    due_at: float
+    created_at: float
+    items_json: str
+    """The notice facts behind the row (JSON), for the restart."""
+    body: str
+    """The event body as sent, without ``sent_at`` (added at each attempt)."""
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationRecord:
+    """One outbox row as stored: the rules' columns, then the delivery's."""
+
+    seq: int
+    """Insertion order: events are delivered per receiver and notice in this order."""
+    event_id: str
+    receiver: str
+    merchant_id: str
+    notice_id: str
+    type: str
+    digest: str
+    status: str
+    due_at: float
+    created_at: float
+    items_json: str
+    body: str
+    attempts: int = 0
+    next_at: float = 0.0
+    last_error: str | None = None
+    sent_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryResult:
+    """What one delivery attempt left: sent, failed for good, or pending until ``next_at``."""
+
+    event_id: str
+    status: str
+    attempts: int
+    next_at: float
+    last_error: str | None
+    sent_at: float | None
+
+
 Effect = (IncidentWrite | DeadLetter | TxnWrite | SettlementWrite | TerminalWrite | UpstreamMembersWrite
-          | TerminalNoticeWrite | AcquirerStatusWrite | MerchantHoursWrite)
+          | TerminalNoticeWrite | AcquirerStatusWrite | MerchantHoursWrite | NotificationWrite)

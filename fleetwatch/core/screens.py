@@ -45,6 +45,7 @@ from fleetwatch.core.model import (
     TerminalNoticeWrite,
     UpstreamMembersWrite,
 )
+from fleetwatch.core.notice_view import IncidentView
 from fleetwatch.core.notices import build_notices, screen_signature
 
 Items = tuple[tuple[tuple[str, str], ...], ...]
@@ -91,17 +92,12 @@ class TerminalScreens:
         self._cat = catalogue
         self._ctx = ctx
         self._window = window_s
-        self._view: dict[str, Incident] = {}
+        self._incidents = IncidentView()
+        self._view = self._incidents.by_id
         self._sig: dict[str, tuple[Any, ...]] = {}
         self._pending: dict[str, tuple[float, Incident]] = {}
         self._heap: list[tuple[float, int, str]] = []
         self._seq = itertools.count()
-        self._by_merchant: dict[str, set[str]] = {}
-        """merchant -> ids of its terminal- and merchant-scope incidents in the view."""
-        self._children: dict[str, set[str]] = {}
-        """parent id -> ids of its children in the view."""
-        self._members: dict[str, dict[str, set[str]]] = {}
-        """upstream id -> merchant -> the merchant's terminals it is built on."""
         self._shown: dict[str, Items] = {}
         self._shown_by_merchant: dict[str, set[str]] = {}
         """merchant -> its terminals whose screens are not empty."""
@@ -123,9 +119,9 @@ class TerminalScreens:
         for inc in open_incidents:
             if inc.is_open:
                 self._sig[inc.id] = screen_signature(inc)
-                self._put(inc)
+                self._incidents.put(inc)
         for uid, rows in members.items():
-            self._add_members(uid, rows)
+            self._incidents.add_members(uid, rows)
         for row in published:
             items = payload_items(row.payload)
             if row.terminal_id in self._closed:
@@ -136,10 +132,8 @@ class TerminalScreens:
                 self._shown[row.terminal_id] = items
                 if row.merchant_id is not None:
                     self._shown_by_merchant.setdefault(row.merchant_id, set()).add(row.terminal_id)
-        self._dirty.update(self._by_merchant)
+        self._dirty.update(self._incidents.merchants())
         self._dirty.update(self._shown_by_merchant)
-        for by_m in self._members.values():
-            self._dirty.update(by_m)
 
     # ---- input ---------------------------------------------------------------------------
 
@@ -149,8 +143,7 @@ class TerminalScreens:
             if isinstance(e, IncidentWrite):
                 self._incident(e.incident, now)
             elif isinstance(e, UpstreamMembersWrite):
-                self._add_members(e.incident_id, e.members)
-                self._dirty.update(mid for _, mid in e.members if mid is not None)
+                self._dirty.update(self._incidents.add_members(e.incident_id, e.members))
             elif isinstance(e, AcquirerStatusWrite):
                 self._acquirer_status(e)
 
@@ -171,15 +164,14 @@ class TerminalScreens:
         if not inc.is_open:
             if iid in self._view or iid in self._pending:
                 self._mark(inc)
-            self._drop(iid)
+            self._incidents.drop(iid)
             self._pending.pop(iid, None)
             self._sig.pop(iid, None)
-            self._members.pop(iid, None)
             return
         sig = screen_signature(inc)
         if self._sig.get(iid) == sig:
             if iid in self._view:
-                self._put(inc)  # fresher evidence, same look
+                self._incidents.put(inc)  # fresher evidence, same look
             elif iid in self._pending:
                 self._pending[iid] = (self._pending[iid][0], inc)
             return
@@ -189,14 +181,14 @@ class TerminalScreens:
             if shown is None or shown.suppressed:
                 if shown is not None:
                     self._mark(shown)  # it leaves its parent's notice now; its own comes later
-                self._drop(iid)
+                self._incidents.drop(iid)
             due = self._pending[iid][0] if iid in self._pending else now + self._window
             if iid not in self._pending:
                 heapq.heappush(self._heap, (due, next(self._seq), iid))
             self._pending[iid] = (due, inc)
             return
         self._pending.pop(iid, None)
-        self._put(inc)
+        self._incidents.put(inc)
         self._mark(inc)
 
     # ---- time ----------------------------------------------------------------------------
@@ -210,7 +202,7 @@ class TerminalScreens:
             if pending is None or pending[0] != due:
                 continue
             del self._pending[iid]
-            self._put(pending[1])
+            self._incidents.put(pending[1])
             self._mark(pending[1])
         out: list[ScreenUpdate] = []
         if self._clears:
@@ -228,8 +220,7 @@ class TerminalScreens:
         return out
 
     def _recompute(self, merchant: str, now: float) -> list[ScreenUpdate]:
-        incidents = self._touching(merchant)
-        members = {uid: by_m[merchant] for uid, by_m in self._members.items() if merchant in by_m}
+        incidents, members = self._incidents.touching(merchant)
         facts = build_notices(merchant, incidents, members, now, 0.0, current_only=True)
         screens: dict[str, list[dict[str, str]]] = {}
         for f in facts:
@@ -257,72 +248,6 @@ class TerminalScreens:
             del self._shown_by_merchant[merchant]
         return out
 
-    # ---- internals -----------------------------------------------------------------------
-
-    def _touching(self, merchant: str) -> list[Incident]:
-        """The merchant's incidents in the view, their ancestors, and the upstreams built on it."""
-        out: dict[str, Incident] = {}
-        stack = [self._view[i] for i in self._by_merchant.get(merchant, ()) if i in self._view]
-        stack += [self._view[u] for u, by_m in self._members.items() if merchant in by_m and u in self._view]
-        while stack:
-            inc = stack.pop()
-            if inc.id in out:
-                continue
-            out[inc.id] = inc
-            if inc.parent_id is not None and inc.parent_id in self._view:
-                stack.append(self._view[inc.parent_id])
-        return list(out.values())
-
     def _mark(self, inc: Incident) -> None:
         """Mark every merchant whose screens ``inc`` can appear on."""
-        if inc.scope in ("terminal", "merchant"):
-            if inc.merchant_id is not None:
-                self._dirty.add(inc.merchant_id)
-            return
-        self._dirty.update(self._members.get(inc.id, {}))
-        stack, seen = [inc.id], {inc.id}
-        while stack:
-            for cid in self._children.get(stack.pop(), ()):
-                child = self._view.get(cid)
-                if child is None or cid in seen:
-                    continue
-                seen.add(cid)
-                if child.scope in ("terminal", "merchant"):
-                    if child.merchant_id is not None:
-                        self._dirty.add(child.merchant_id)
-                else:
-                    self._dirty.update(self._members.get(cid, {}))
-                    stack.append(cid)
-
-    def _add_members(self, uid: str, rows: Iterable[tuple[str, str | None]]) -> None:
-        by_m = self._members.setdefault(uid, {})
-        for tid, mid in rows:
-            if mid is not None:
-                by_m.setdefault(mid, set()).add(tid)
-
-    def _put(self, inc: Incident) -> None:
-        old = self._view.get(inc.id)
-        if old is not None and old.parent_id != inc.parent_id and old.parent_id is not None:
-            self._children.get(old.parent_id, set()).discard(inc.id)
-        self._view[inc.id] = inc
-        if inc.scope in ("terminal", "merchant") and inc.merchant_id is not None:
-            self._by_merchant.setdefault(inc.merchant_id, set()).add(inc.id)
-        if inc.parent_id is not None:
-            self._children.setdefault(inc.parent_id, set()).add(inc.id)
-
-    def _drop(self, iid: str) -> None:
-        inc = self._view.pop(iid, None)
-        if inc is None:
-            return
-        if inc.merchant_id is not None:
-            ids = self._by_merchant.get(inc.merchant_id)
-            if ids is not None:
-                ids.discard(iid)
-                if not ids:
-                    del self._by_merchant[inc.merchant_id]
-        if inc.parent_id is not None:
-            kids = self._children.get(inc.parent_id)
-            if kids is not None:
-                kids.discard(iid)
-                if not kids:
-                    del self._children[inc.parent_id]
+        self._dirty.update(self._incidents.merchants_of(inc))

@@ -30,7 +30,7 @@ def encode_cursor(payload: dict[str, Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
-def _decode_cursor(cursor: str) -> dict[str, Any]:
+def decode_cursor(cursor: str) -> dict[str, Any]:
     """Opaque to clients; anything we did not produce is a BadRequest (HTTP 400)."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
@@ -48,7 +48,7 @@ def incident_cursor(opened_at: float, incident_id: str) -> str:
 
 def decode_incident_cursor(cursor: str) -> tuple[float, str]:
     """(opened_at, id) of the last incident of the previous page."""
-    payload = _decode_cursor(cursor)
+    payload = decode_cursor(cursor)
     opened_at, incident_id = payload.get("o"), payload.get("i")
     if (
         not isinstance(opened_at, int | float)
@@ -66,7 +66,7 @@ def terminal_cursor(terminal_id: str) -> str:
 
 def decode_terminal_cursor(cursor: str) -> str:
     """terminal_id of the last terminal of the previous page."""
-    payload = _decode_cursor(cursor)
+    payload = decode_cursor(cursor)
     terminal_id = payload.get("t")
     if not isinstance(terminal_id, str) or set(payload) != {"t"}:
         raise BadRequest("invalid cursor")

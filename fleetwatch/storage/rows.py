@@ -36,6 +36,8 @@ from fleetwatch.core.model import (
     IncidentWrite,
     MerchantHoursRecord,
     MerchantHoursWrite,
+    NotificationRecord,
+    NotificationWrite,
     SettlementWrite,
     TerminalNoticeWrite,
     TerminalRecord,
@@ -70,12 +72,17 @@ STATUS_COLUMNS: Final = ("terminal_id", "acquirer_status", "reason", "note", "si
 """AcquirerStatus's fields in order (``status`` is stored as ``acquirer_status``)."""
 HOURS_COLUMNS: Final = ("merchant_id", "learned", "learn_days", "day", "today", "configured")
 """MerchantHoursRecord's fields in order."""
+NOTIFICATION_COLUMNS: Final = _names(NotificationWrite)
+"""The outbox columns the rules write (NotificationWrite's fields in order)."""
+NOTIFICATION_RECORD_COLUMNS: Final = _names(NotificationRecord)
+"""Every outbox column, as a NotificationRecord is built from a row."""
 
 _terminal_values = attrgetter(*TERMINAL_COLUMNS)
 _txn_values = attrgetter(*TXN_COLUMNS)
 _batch_values = attrgetter(*BATCH_COLUMNS)
 _incident_values = attrgetter(*INCIDENT_FIELDS)
 _settlement_values = attrgetter(*SETTLEMENT_COLUMNS)
+_notification_values = attrgetter(*NOTIFICATION_COLUMNS)
 
 _GROUP_IX: Final = INCIDENT_FIELDS.index("group")
 _EVIDENCE_IX: Final = INCIDENT_FIELDS.index("evidence")
@@ -103,6 +110,8 @@ class Table:
     columns: tuple[str, ...]
     key: tuple[str, ...] = ()
     conflict: OnConflict = OnConflict.FAIL
+    update_if: str = ""
+    """For an upsert: a condition on the stored row (``{table}.column ...``) without which it is left as it is."""
 
     @property
     def key_getter(self) -> Any:
@@ -128,8 +137,12 @@ TERMINAL_STATUSES: Final = Table("terminal_statuses", STATUS_COLUMNS, ("terminal
 MERCHANT_HOURS: Final = Table("merchant_hours", HOURS_COLUMNS, ("merchant_id",), OnConflict.UPDATE)
 """Each merchant's learned and configured operating hours (§8)."""
 
+NOTIFICATIONS: Final = Table("notifications", NOTIFICATION_COLUMNS, ("event_id",), OnConflict.UPDATE,
+                             update_if="notifications.status = 'pending'")
+"""The merchant notifications' outbox (§6): a row is rewritten only while pending."""
+
 WRITE_ORDER: Final = (INCIDENTS, INCIDENT_EVENTS, TRANSACTIONS, SETTLEMENTS, DEAD_LETTERS, TERMINALS, BATCHES,
-                      UPSTREAM_TERMINALS, TERMINAL_NOTICES, TERMINAL_STATUSES, MERCHANT_HOURS)
+                      UPSTREAM_TERMINALS, TERMINAL_NOTICES, TERMINAL_STATUSES, MERCHANT_HOURS, NOTIFICATIONS)
 """Every table a write touches, in the order its rows are applied (events after incidents)."""
 
 
@@ -247,6 +260,7 @@ class PreparedWrite:
     terminal_notices: list[Row] = field(default_factory=list)
     statuses: list[Row] = field(default_factory=list)
     hours: list[Row] = field(default_factory=list)
+    notifications: list[Row] = field(default_factory=list)
 
     def add(
         self,
@@ -277,6 +291,8 @@ class PreparedWrite:
                 self.statuses.append(status_row(effect.status))
             elif isinstance(effect, MerchantHoursWrite):
                 self.hours.append(hours_row(effect.record))
+            elif isinstance(effect, NotificationWrite):
+                self.notifications.append(_notification_values(effect))
             else:
                 assert_never(effect)
         self.terminals.extend(map(_terminal_values, terminals))
@@ -291,7 +307,7 @@ class PreparedWrite:
     def _by_table(self) -> tuple[list[Row], ...]:
         return (self.incidents, self.events, self.txns, self.settlements, self.dead_letters,
                 self.terminals, self.batches, self.upstream_members, self.terminal_notices, self.statuses,
-                self.hours)
+                self.hours, self.notifications)
 
     def without_nul(self) -> PreparedWrite:
         """The same rows with U+0000 replaced (:func:`without_nul`)."""
@@ -411,3 +427,8 @@ def hours_of(row: Sequence[Any]) -> MerchantHoursRecord:
 
 SHOWN_NOTICE: Final = '"items":[]'
 """A stored terminal notice whose payload holds this shows nothing (``load_terminal_notices(shown_only=True)``)."""
+
+
+def notification_of(row: Sequence[Any]) -> NotificationRecord:
+    """An outbox row in NOTIFICATION_RECORD_COLUMNS order."""
+    return NotificationRecord(*row)

@@ -18,6 +18,7 @@ from fleetwatch.storage.rows import (
     BATCH_ROW_COLUMNS,
     HOURS_COLUMNS,
     INCIDENT_COLUMNS,
+    NOTIFICATION_RECORD_COLUMNS,
     SETTLEMENT_COLUMNS,
     STATUS_COLUMNS,
     TERMINAL_COLUMNS,
@@ -63,6 +64,7 @@ async def test_open_applies_every_migration_once(db: Db) -> None:
         ("settlements", ("id", *SETTLEMENT_COLUMNS)),
         ("terminal_statuses", STATUS_COLUMNS),
         ("merchant_hours", HOURS_COLUMNS),
+        ("notifications", NOTIFICATION_RECORD_COLUMNS),
     ],
 )
 async def test_table_columns_follow_model_fields(db: Db, table: str, columns: tuple[str, ...]) -> None:
