@@ -1,4 +1,6 @@
-"""``python -m bench {publisher|ingest|stores|memory|restart|metrics|latency|failover|notify|all}... [--smoke]``.
+"""``python -m bench {publisher|ingest|stores|memory|restart|metrics|latency|failover|notify|hotpath|all}...``.
+
+``--smoke``: tiny and fast.
 
 ``--store postgresql`` runs memory, restart and metrics on PostgreSQL; stores and failover
 always start a private PostgreSQL cluster.
@@ -16,14 +18,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from bench import failover, harness, notices, notify_bench, report
+from bench import failover, harness, hotpath, notices, notify_bench, report
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("what", nargs="+",
                    choices=("publisher", "ingest", "stores", "memory", "restart", "metrics", "latency", "notices",
-                            "failover", "notify", "all"))
+                            "failover", "notify", "hotpath", "all"))
     p.add_argument("--smoke", action="store_true", help="tiny and fast (2,000 messages); no speed targets")
     p.add_argument("--terminals", type=int, default=None, help="fleet of the ingest stream (default 20,000)")
     p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 200,000)")
@@ -74,6 +76,8 @@ async def _run(what: set[str], opts: harness.Options) -> list[report.Figure]:
     figs: list[report.Figure] = []
     if "publisher" in what:
         figs.append(await harness.figure_publisher(opts))
+    if "hotpath" in what:
+        figs.append(await asyncio.to_thread(hotpath.figure, max(3, opts.repeat), opts.smoke))
     if "ingest" in what:
         figs += await harness.figure_ingest(opts)
     if "stores" in what:

@@ -22,8 +22,9 @@ as a subprocess, the publisher writing pre-encoded frames. Each section is rewri
 the command shown in it; targets come from the project brief.
 """
 
-ORDER = ("publisher", "ingest", "ratio", "stores", "memory", "latency", "restart", "restart_postgresql", "metrics",
-         "memory_postgresql", "metrics_postgresql", "failover", "notice-page", "notice-ingest", "notice-outage")
+ORDER = ("publisher", "ingest", "ratio", "hotpath", "stores", "memory", "latency", "restart", "restart_postgresql",
+         "metrics", "memory_postgresql", "metrics_postgresql", "failover", "notice-page", "notice-ingest",
+         "notice-outage")
 
 
 @dataclass

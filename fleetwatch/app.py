@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import os
 import signal
 import socket
@@ -351,6 +352,9 @@ async def _run_with_store(
     engine = Engine(settings.detect, settings.settlement)
     active_since = time.perf_counter()
     open_incidents, members = await restore_engine(engine, store, time.time(), settings.detect.recent_txn_keys)
+    # The restored fleet lives as long as the process: move it out of the collector's
+    # reach, so no full collection walks a million terminals again (issue 16).
+    gc.freeze()
     log.info("state restored", seconds=round(time.perf_counter() - started, 3))
     pipeline = Pipeline(settings, engine, store, metrics)
     pipeline.refresh_snapshot(time.time())

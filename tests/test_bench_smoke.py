@@ -42,3 +42,15 @@ def test_mqtt_client_bench_runs_every_receiver_to_the_end() -> None:
     assert {"mosquitto_sub", "lean"} <= set(receivers)
     for receiver in receivers:
         assert f"\n{receiver} " in result.stdout
+
+
+def test_hotpath_bench_runs_every_stage() -> None:
+    """`python -m bench hotpath --smoke` times each stage of the hot path on a small stream
+    (it fails if a message of the stream is rejected or a stage breaks)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "hotpath", "--smoke", "--no-report"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    for stage in ("MQTT parse", "decode", "engine", "intake"):
+        assert stage in result.stdout

@@ -231,3 +231,22 @@ async def test_an_operator_terminal_write_is_not_undone_by_an_older_backlog_row(
     await asyncio.wait_for(writer, 2)
     assert store.rows["T11000"].maintenance_until == 99.0
     assert len(store.rows) == 12_000
+
+
+async def test_accepted_messages_are_counted_by_type_in_every_scrape() -> None:
+    """The hot path counts in plain integers; each /metrics exposition shows them all, by type."""
+    settings = load_settings(None, {})
+    metrics = Metrics()
+    pipeline = Pipeline(settings, FakeEngine(), FakeStore(), metrics)
+
+    def count(kind: str) -> float:
+        line = f'fleetwatch_messages_received_total{{type="{kind}"}} '
+        text = metrics.exposition().decode()
+        return float(next(x for x in text.splitlines() if x.startswith(line)).split()[-1])
+
+    for i in range(3):
+        pipeline.on_message("fleet/v1/term/T1/heartbeat", payload(heartbeat("T1", seq=i)), 0, False)
+    pipeline.on_message("fleet/v1/term/T1/txn", payload(txn("T1", "a")), 0, False)
+    assert (count("heartbeat"), count("txn"), count("batch")) == (3, 1, 0)
+    pipeline.on_message("fleet/v1/term/T1/heartbeat", payload(heartbeat("T1", seq=9)), 0, False)
+    assert (count("heartbeat"), count("txn")) == (4, 1)  # handed over once, not again

@@ -43,6 +43,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from datetime import tzinfo
+from typing import Final
 
 from fleetwatch.config import DetectSettings, SettlementSettings
 from fleetwatch.core.acquirer import ACTIVE, CLOSED, SUSPENDED, AcquirerStatuses, decision_finding
@@ -124,6 +125,10 @@ HOURS_PRESENCE_INTERVALS = 1.5
 that comes a little late is not silence)."""
 
 
+_QUIET_PRINTER: Final = frozenset({"ok", "absent"})
+"""Printer statuses that hold no condition (rules.printer_state drops, never holds)."""
+
+
 def _uuid_hex() -> str:
     return uuid.uuid4().hex
 
@@ -141,6 +146,8 @@ class Engine:
         self._flap_after = detect.intervals(detect.flap_silence_intervals)
         self._clear_after = detect.intervals(detect.clear_after_intervals)
         self._fresh_after = detect.intervals(detect.persist_freshness_intervals)
+        self._weak_clear_dbm = detect.weak_signal_dbm + 3
+        self._battery_low = detect.battery_low_pct
         self._intern = Interner()
         self._terms: dict[str, TerminalState] = {}
         self._dirty: list[TerminalState] = []
@@ -269,7 +276,7 @@ class Engine:
             out = self._batch(msg, env.received_at)
         elif isinstance(msg, Settlement):
             out = self._settlement(msg, env.received_at)
-        elif isinstance(msg, TerminalStatus | StatusCleared):
+        elif isinstance(msg, (TerminalStatus, StatusCleared)):
             out = self._acquirer_status(msg, env.received_at)
         else:
             out = []
@@ -283,6 +290,8 @@ class Engine:
         st = self._terms.get(hb.terminal_id)
         if st is None:
             st = self._create(hb.terminal_id, hb.merchant_id, now)
+        elif self._steady(st, hb, now):
+            return []
         ctx = self._ctx.reset(st, hb, now)
         back = self._alive(st, now)
         order = classify_heartbeat(st, hb, self._interval)
@@ -294,6 +303,75 @@ class Engine:
         if back or sigs or money:
             return self._signals([*back, *sigs, *money], now)
         return []
+
+    def _steady(self, st: TerminalState, hb: Heartbeat, now: float) -> bool:
+        """The heartbeat fast path: take a heartbeat that changes nothing but freshness.
+
+        Most heartbeats come from a healthy, online terminal and repeat what the last one
+        said. For those the full path (liveness, ordering, absorbing every field, the five
+        heartbeat rules, the settlement book) decides nothing: every rule finds its
+        condition off and nothing to drop, nothing is marked for the store but freshness.
+        This checks that case field by field and, only if it holds, applies exactly what
+        the full path would have applied (last seen, the operating hours' presence, the
+        freshness mark, seq, ts, uptime, battery, signal); otherwise it changes nothing
+        and returns False for the full path to run. The property test in
+        tests/core/test_heartbeat_fast_path.py holds both paths to the same effects and
+        the same state.
+        """
+        if (st.conds or st.resolved_conds or st.acq is not None or st.state != ONLINE or st.sched is None
+                or hb.merchant_id != st.merchant_id or hb.tamper or (hb.tamper is False and st.tamper)):
+            return False
+        if classify_heartbeat(st, hb, self._interval) is not Order.IN_ORDER:
+            return False
+        rssi: int | None = None
+        net = hb.net
+        if net is not None:
+            if net.type is not None and net.type != st.net_type:
+                return False
+            rssi = net.rssi_dbm
+            if rssi is not None and rssi <= self._weak_clear_dbm:
+                return False  # weak, or in the 3 dB band where only the rule knows what to do
+        if ((hb.model is not None and hb.model != st.model) or (hb.fw is not None and hb.fw != st.fw)
+                or (hb.app is not None and hb.app != st.app) or (hb.serial is not None and hb.serial != st.serial)):
+            return False
+        printer = hb.printer
+        if printer is not None and (printer != st.printer or printer not in _QUIET_PRINTER):
+            return False
+        r = hb.reader
+        if r is not None and (st.reader_fault or r.chip == "fault" or r.msr == "fault" or r.ctls == "fault"):
+            return False
+        pw = hb.power
+        if pw is not None:
+            if pw.charging != st.charging:
+                return False
+            pct = pw.battery_pct
+            if pct is not None and pw.charging is not True and pct <= self._battery_low:
+                return False
+        saf = hb.saf
+        if saf is not None and (saf.pending != st.saf_pending or saf.oldest_ts != st.saf_oldest_ts_ms):
+            return False
+        if not self._settle.steady_heartbeat(hb):
+            return False
+        # From here on the heartbeat is taken: what _alive and _absorb would do, and the
+        # side effects of the rules that find nothing (battery re-armed by charging, the
+        # weak-signal clock stopped by a good signal).
+        st.last_seen = now
+        self._hours.saw(hb.merchant_id, now)
+        if not st.dirty and (st.persisted_seen is None or now - st.persisted_seen >= self._fresh_after):
+            self._mark(st)
+        st.last_hb_at = now
+        st.last_ts_ms = hb.ts
+        st.seq = hb.seq
+        if hb.uptime_s is not None:
+            st.uptime_s = hb.uptime_s
+        if pw is not None:
+            st.battery_pct = pw.battery_pct
+            if pw.charging is True and pw.battery_pct is not None:
+                st.batt_fired = 0
+        if rssi is not None:
+            st.rssi_dbm = rssi
+            st.weak_since = None
+        return True
 
     def _absorb(self, st: TerminalState, hb: Heartbeat, now: float, order: Order) -> bool:
         """Take a new heartbeat's facts into the state; True when the serial changed."""

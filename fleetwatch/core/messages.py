@@ -15,6 +15,11 @@ regex per field: a regex in msgspec costs about as much as the whole rest of a
 heartbeat's decode, and the payload's ``terminal_id`` needs no check of its own at all
 when it equals the topic's, which the topic pattern has already validated. The rare
 Settlement keeps its patterns in the schema.
+
+Every Struct here is declared ``gc=False``: it holds only strings, numbers and other
+such Structs, so it can never be part of a reference cycle, and the garbage collector
+need not track the five or six objects a heartbeat decodes into (tracked allocations
+are what trigger collections on the hot path).
 """
 
 from __future__ import annotations
@@ -51,30 +56,30 @@ BatchResult = Literal["confirmed", "mismatch", "unconfirmed"]
 TerminalStateName = Literal["online", "shutdown", "offline"]
 
 
-class Power(msgspec.Struct, frozen=True):
+class Power(msgspec.Struct, frozen=True, gc=False):
     battery_pct: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     charging: bool | None = None
 
 
-class Net(msgspec.Struct, frozen=True):
+class Net(msgspec.Struct, frozen=True, gc=False):
     type: NetType | None = None
     rssi_dbm: int | None = None
     host_rtt_ms: Annotated[int, msgspec.Meta(ge=0)] | None = None
     host_reachable: bool | None = None
 
 
-class Reader(msgspec.Struct, frozen=True):
+class Reader(msgspec.Struct, frozen=True, gc=False):
     chip: ReaderStatus | None = None
     msr: ReaderStatus | None = None
     ctls: ReaderStatus | None = None
 
 
-class Saf(msgspec.Struct, frozen=True):
+class Saf(msgspec.Struct, frozen=True, gc=False):
     pending: Annotated[int, msgspec.Meta(ge=0)] | None = None
     oldest_ts: EpochMs | None = None
 
 
-class Heartbeat(msgspec.Struct, frozen=True):
+class Heartbeat(msgspec.Struct, frozen=True, gc=False):
     v: int
     terminal_id: CheckedId
     merchant_id: CheckedId
@@ -93,13 +98,13 @@ class Heartbeat(msgspec.Struct, frozen=True):
     tamper: bool | None = None
 
 
-class TxnError(msgspec.Struct, frozen=True):
+class TxnError(msgspec.Struct, frozen=True, gc=False):
     stage: ErrorStage
     code: Annotated[str, msgspec.Meta(max_length=64)] | None = None
     detail: Annotated[str, msgspec.Meta(max_length=512)] | None = None
 
 
-class TxnResult(msgspec.Struct, frozen=True):
+class TxnResult(msgspec.Struct, frozen=True, gc=False):
     v: int
     terminal_id: CheckedId
     merchant_id: CheckedId
@@ -120,7 +125,7 @@ class TxnResult(msgspec.Struct, frozen=True):
     orig_txn_id: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] | None = None
 
 
-class BatchClose(msgspec.Struct, frozen=True):
+class BatchClose(msgspec.Struct, frozen=True, gc=False):
     v: int
     terminal_id: CheckedId
     merchant_id: CheckedId
@@ -132,14 +137,14 @@ class BatchClose(msgspec.Struct, frozen=True):
     result: BatchResult
 
 
-class StateMsg(msgspec.Struct, frozen=True):
+class StateMsg(msgspec.Struct, frozen=True, gc=False):
     v: int
     terminal_id: CheckedId
     state: TerminalStateName
     ts: EpochMs
 
 
-class Settlement(msgspec.Struct, frozen=True):
+class Settlement(msgspec.Struct, frozen=True, gc=False):
     v: int
     merchant_id: IdStr
     terminal_id: IdStr
@@ -151,7 +156,7 @@ class Settlement(msgspec.Struct, frozen=True):
     credited_at: EpochMs
 
 
-class TerminalStatus(msgspec.Struct, frozen=True):
+class TerminalStatus(msgspec.Struct, frozen=True, gc=False):
     """The acquirer's decision about one terminal (CONTRACT.md §7), published retained by its host.
 
     ``reason`` is the acquirer's short code (``risk_review`` ...; free text allowed) and picks
@@ -168,7 +173,7 @@ class TerminalStatus(msgspec.Struct, frozen=True):
     note: Annotated[str, msgspec.Meta(max_length=500)] | None = None
 
 
-class StatusCleared(msgspec.Struct, frozen=True):
+class StatusCleared(msgspec.Struct, frozen=True, gc=False):
     """An empty retained payload on a terminal's status topic: the status is cleared (active)."""
 
     terminal_id: str
@@ -182,7 +187,7 @@ Message = Payload | StatusCleared
 
 
 
-class Envelope(msgspec.Struct, frozen=True):
+class Envelope(msgspec.Struct, frozen=True, gc=False):
     """An accepted message with the facts of its delivery.
 
     ``received_at`` is the daemon's clock (epoch seconds, float): liveness is judged by
@@ -233,7 +238,7 @@ def invalid_field(msg: Message, topic_terminal_id: str | None = None) -> str | N
     ``terminal_id`` is not checked again when it equals ``topic_terminal_id`` (the
     topic pattern checked that one); checks run in field order, like msgspec's.
     """
-    if isinstance(msg, Settlement | StatusCleared):
+    if isinstance(msg, (Settlement, StatusCleared)):  # a tuple: ``X | Y`` builds a union object per call
         return None
     if msg.terminal_id != topic_terminal_id and not is_id(msg.terminal_id):
         return f"{ID_RULE} - at `$.terminal_id`"
