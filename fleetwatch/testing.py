@@ -261,6 +261,15 @@ class MemoryStore:
                 keys, table = oldest(t.settlements, _S_RECEIVED, _S_BATCH), t.settlements
             elif kind == "dead_letters":
                 keys, table = oldest(t.dead_letters, _D_RECEIVED, None), t.dead_letters
+            elif kind == "notifications":
+                kept = {r.event_id for r in await self._notification_state_unlocked() if r.status != "pending"}
+                doomed = [r.event_id for r in t.notifications.values()
+                          if r.status != "pending" and r.created_at < before and r.event_id not in kept][:limit]
+                rows = dict(t.notifications)
+                for eid in doomed:
+                    del rows[eid]
+                t.notifications = rows
+                return {kind: len(doomed)}
             elif kind == "batches":
                 table = t.batches
                 keys = [k for k, r in table.items()
@@ -475,6 +484,9 @@ class MemoryStore:
 
     async def load_notification_state(self) -> list[NotificationRecord]:
         self._check_open()
+        return await self._notification_state_unlocked()
+
+    async def _notification_state_unlocked(self) -> list[NotificationRecord]:
         last: dict[tuple[str, str, str], NotificationRecord] = {}
         for r in self._t.notifications.values():
             if r.notice_id and r.status != "collapsed":

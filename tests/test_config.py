@@ -133,3 +133,42 @@ def test_ha_lease_must_be_shorter_than_the_takeover_it_is_part_of() -> None:
         load_settings(None, {"ha": {"lease_s": 20}})
     with pytest.raises(ConfigError, match=r"ha\.lease_s"):
         load_settings(None, {"ha": {"lease_s": 0.5}})
+
+
+WEBHOOK = '''
+[notify]
+timezone = "Asia/Shanghai"
+[[notify.merchant_webhooks]]
+name = "sms"
+url = "https://gw:pa55word@sms.example/hook"
+secret = "webhook-secret-0123456789"
+quiet_hours = "22:00-08:00"
+kinds = ["printer"]
+'''
+
+
+def test_merchant_webhooks_load_and_their_secrets_are_masked(tmp_path: Path) -> None:
+    config = tmp_path / "fw.toml"
+    config.write_text(WEBHOOK, encoding="utf-8")
+    settings = load_settings(config)
+    [hook] = settings.notify.merchant_webhooks
+    assert (hook.name, hook.kinds, hook.quiet_hours, hook.min_severity) == ("sms", ["printer"], "22:00-08:00", "major")
+    text = json.dumps(effective_settings(settings))
+    assert "webhook-secret" not in text
+    assert "pa55word" not in text
+    assert "sms.example/hook" in text
+
+
+@pytest.mark.parametrize(("change", "fragment"), [
+    (('quiet_hours = "22:00-08:00"', 'quiet_hours = "late"'), "quiet_hours"),
+    (('kinds = ["printer"]', 'kinds = ["toaster"]'), "toaster"),
+    (('secret = "webhook-secret-0123456789"', 'secret = "short"'), "16 characters"),
+    (('name = "sms"', 'name = "SMS gateway"'), "metric label"),
+    (('url = "https://gw:pa55word@sms.example/hook"', 'url = "ftp://sms.example"'), "http"),
+    (('timezone = "Asia/Shanghai"', 'timezone = "Mars/Olympus"'), "time zone"),
+])
+def test_a_bad_webhook_setting_is_one_clear_error(tmp_path: Path, change: tuple[str, str], fragment: str) -> None:
+    config = tmp_path / "fw.toml"
+    config.write_text(WEBHOOK.replace(*change), encoding="utf-8")
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(config)

@@ -250,3 +250,32 @@ async def test_accepted_messages_are_counted_by_type_in_every_scrape() -> None:
     assert (count("heartbeat"), count("txn"), count("batch")) == (3, 1, 0)
     pipeline.on_message("fleet/v1/term/T1/heartbeat", payload(heartbeat("T1", seq=9)), 0, False)
     assert (count("heartbeat"), count("txn")) == (4, 1)  # handed over once, not again
+
+
+async def test_derived_effects_commit_in_the_transaction_of_what_they_derive_from() -> None:
+    """The merchant notifications' outbox rows (Pipeline.derive_with) go into the same store write
+    as the effects that caused them, before the QoS 1 acknowledgement; a failing hook costs the
+    batch nothing (counted)."""
+    store = FakeStore()
+    pipeline = make(store)
+    seen: list[list[Effect]] = []
+
+    def derive(effects: Sequence[Effect], now: float) -> list[Effect]:
+        seen.append(list(effects))
+        if len(seen) == 2:
+            raise RuntimeError("a bug in the rules")
+        return [DeadLetter("derived", "outbox", "", now, None)]
+
+    pipeline.derive_with(derive)
+    writer = asyncio.create_task(pipeline.run_writer())
+    first = pipeline.on_message("fleet/v1/term/T1/txn", payload(txn("T1", "a")), 1, False)
+    assert first is not None
+    await asyncio.wait_for(first, 1)
+    assert [e.reason for e in store.writes[0] if isinstance(e, DeadLetter)] == ["txn", "outbox"]
+    second = pipeline.on_message("fleet/v1/term/T1/txn", payload(txn("T1", "b")), 1, False)
+    assert second is not None
+    await asyncio.wait_for(second, 1)
+    assert [e.reason for e in store.writes[1] if isinstance(e, DeadLetter)] == ["txn"]
+    assert len(store.writes) == 2
+    pipeline.close()
+    await asyncio.wait_for(writer, 1)

@@ -174,6 +174,7 @@ _OPEN_BATCH_OF: Final = (
     "AND b.currency = x.currency AND b.done = FALSE)"
 )
 _PURGE_SQL: Final[dict[str, str]] = {
+    "notifications": outbox.numbered(outbox.PURGE),
     "transactions": (
         "DELETE FROM transactions WHERE ctid = ANY(ARRAY(SELECT x.ctid FROM transactions x "
         f"WHERE x.received_at < $1 AND NOT {_OPEN_BATCH_OF} ORDER BY x.received_at LIMIT $2))"

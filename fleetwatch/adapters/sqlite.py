@@ -154,6 +154,7 @@ _PURGE_SQL: Final[dict[str, str]] = {
         "DELETE FROM dead_letters WHERE id IN "
         "(SELECT id FROM dead_letters WHERE received_at < ? ORDER BY received_at LIMIT ?)"
     ),
+    "notifications": outbox.PURGE,
     "batches": (
         "DELETE FROM batches WHERE rowid IN (SELECT rowid FROM batches WHERE done = TRUE "
         "AND COALESCE(settled_at, closed_at, last_txn_at, first_approved_at, 0) < ? LIMIT ?)"

@@ -252,8 +252,8 @@ class NotifyBook:
                         ch.slots.setdefault(f.incident_id, _Slot(facts=f, sig=signature(f))).folded = \
                             (row.digest, row.due_at)
                 continue
-            if row.status == "collapsed":
-                continue
+            if row.status == "collapsed" or not row.items:
+                continue  # taken back, or a row without its notice (nothing to rebuild from)
             facts = row.items[0]
             slot = ch.slots.setdefault(row.notice_id, _Slot())
             slot.facts, slot.sig = facts, signature(facts)

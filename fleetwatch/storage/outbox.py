@@ -13,6 +13,7 @@ The statements are written once with ``?`` placeholders; PostgreSQL takes them t
 - :data:`STATE`: what the rules need after a restart: every pending row, and the last
   row of each (receiver, merchant, notice) that left it told (an open or update not resolved).
 - :func:`list_query`: the ops API's page, newest first by ``seq``, keyset cursor.
+- :data:`PURGE`: retention (``store.retain_days``) of rows that are done.
 """
 
 from __future__ import annotations
@@ -46,6 +47,16 @@ STATE: Final = (
     "SELECT MAX(m.seq) FROM notifications m WHERE m.receiver = n.receiver AND m.merchant_id = n.merchant_id "
     "AND m.notice_id = n.notice_id AND m.status <> 'collapsed')) ORDER BY n.seq"
 )
+
+PURGE: Final = (
+    "DELETE FROM notifications WHERE seq IN (SELECT n.seq FROM notifications n WHERE n.status <> 'pending' "
+    "AND n.created_at < ? AND NOT (n.notice_id <> '' AND n.status <> 'collapsed' AND n.type <> 'notice.resolved' "
+    "AND n.seq = (SELECT MAX(m.seq) FROM notifications m WHERE m.receiver = n.receiver "
+    "AND m.merchant_id = n.merchant_id AND m.notice_id = n.notice_id AND m.status <> 'collapsed')) "
+    "ORDER BY n.seq LIMIT ?)"
+)
+"""Retention: rows made before the cut-off that are done (sent, failed, collapsed), except each
+notice's last told row, which the restart still needs (a notice open for months)."""
 
 COUNT_PENDING: Final = "SELECT COUNT(*) FROM notifications WHERE status = 'pending'"
 

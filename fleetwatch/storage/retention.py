@@ -8,6 +8,8 @@ compresses retention too) these go, measured on the daemon's clock:
 - resolved incidents resolved before the cut-off, with their events and the terminals
   an upstream one was built on (merchant notices);
 - dead letters received before the cut-off (on top of the ``dead_letters_kept`` cap);
+- merchant notification events made before the cut-off that are done (sent, failed or
+  collapsed), except each notice's last told event (fleetwatch/storage/outbox.py);
 - batches that are done (settled, or owing nothing) whose last news (settlement, else
   close, else last transaction) is older than the cut-off. A batch not yet done is kept
   however old it is: its tallies are what a late settlement is matched against.
@@ -23,12 +25,13 @@ import asyncio
 from collections.abc import Callable, Mapping
 from typing import Final, Literal, Protocol
 
-PurgeKind = Literal["transactions", "settlements", "incidents", "dead_letters", "batches"]
-PURGE_ORDER: Final[tuple[PurgeKind, ...]] = ("transactions", "settlements", "incidents", "dead_letters", "batches")
+PurgeKind = Literal["transactions", "settlements", "incidents", "dead_letters", "batches", "notifications"]
+PURGE_ORDER: Final[tuple[PurgeKind, ...]] = ("transactions", "settlements", "incidents", "dead_letters", "batches",
+                                             "notifications")
 """What one retention pass deletes, in order (transactions before the batches they belong to)."""
 
 DELETED_TABLES: Final = ("transactions", "settlements", "incidents", "incident_events", "upstream_terminals",
-                         "dead_letters", "batches")
+                         "dead_letters", "batches", "notifications")
 """Every table retention deletes from: the ``table`` label of ``fleetwatch_store_rows_deleted_total``."""
 
 

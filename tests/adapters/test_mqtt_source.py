@@ -100,3 +100,30 @@ async def test_qos1_is_acknowledged_only_after_its_batch_commits(own_broker: Bro
         await until(lambda: after.connected)
         await asyncio.sleep(0.5)
     assert sink.got == []  # all five acknowledged, in one callback's write
+
+
+async def test_nothing_connects_before_run_is_called() -> None:
+    """Building the source opens no connection (a standby never takes the shared session over);
+    ``run()`` does, and sends CONNECT with our client id."""
+    seen: list[bytes] = []
+    arrived = asyncio.Event()
+
+    async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await reader.read(64))
+        arrived.set()
+        writer.close()
+
+    server = await asyncio.start_server(accept, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        source = MqttSource(MqttSettings(url=f"mqtt://127.0.0.1:{port}", client_id="standby-1",
+                                         topic_prefix="s2", reconnect_max_s=0.5))
+        await asyncio.sleep(0.3)
+        assert seen == []
+        async with running(source, Sink()):
+            await asyncio.wait_for(arrived.wait(), 5)
+        assert seen[0][0] == 0x10  # CONNECT
+        assert b"standby-1" in seen[0]
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -162,3 +162,28 @@ def test_a_host_outage_is_one_message_per_shop_not_one_per_terminal(
     assert {tuple(v) for v in per_shop.values()} <= {("notice.opened",), ("notice.opened", "notice.resolved")}
     resolved = sum(1 for v in per_shop.values() if len(v) == 2)
     print(f"\n[host outage notifications] shops=1000 terminals=2000 events={len(events)} resolves={resolved}")
+
+
+def test_quiet_hours_on_a_compressed_day_hold_a_major_event_and_let_a_critical_one_through(
+    daemon: Daemon, broker: Broker, receiver: Receiver,
+) -> None:
+    """A 240 s day (an hour is 10 s): quiet hours from a minute ago for two hours. A terminal's
+    paper runs out and another is tampered with: the tamper (critical) is sent after the
+    correlation window; the paper (major) only when the quiet hours end."""
+    day_s = 240.0
+    minute = int((time.time() % day_s) / day_s * 1440) - 1
+    start, end = minute % 1440, (minute + 120) % 1440
+    quiet = f"{start // 60:02d}:{start % 60:02d}-{end // 60:02d}:{end % 60:02d}"
+    quiet_end = time.time() - (time.time() % day_s) + (minute + 120) * day_s / 1440
+    daemon.overrides = {**FAST, "detect": {"heartbeat_interval_s": 0.5, "day_s": day_s}}
+    daemon.extra_toml = webhook(receiver, quiet_hours=quiet)
+    daemon.start()
+    with beating(broker, daemon.prefix, {"T1": {"printer": "no_paper"}, "T2": {"tamper": True}}):
+        wait_until(lambda: len(receiver.snapshot()[1]) >= 1, timeout=20, what="the tamper event")
+        assert time.time() < quiet_end - 2
+        [first] = receiver.snapshot()[1]
+        assert (first.event["type"], first.event["item"]["kind"]) == ("notice.opened", "tamper")
+        wait_until(lambda: len(receiver.snapshot()[1]) >= 2, timeout=40, what="the paper event after the quiet hours")
+        assert time.time() >= quiet_end - 0.5
+    second = receiver.snapshot()[1][1]
+    assert (second.event["type"], second.event["item"]["cause"]) == ("notice.opened", "no_paper")

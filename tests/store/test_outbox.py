@@ -115,3 +115,22 @@ async def test_one_upstream_notice_is_one_queue_per_merchant(store: Store) -> No
     assert [r.event_id for r in await store.due_notifications(T0, 10)] == [f"U{m}" for m in range(5)]
     await store.record_deliveries([DeliveryResult(f"U{m}", "sent", 1, T0, None, T0) for m in range(5)])
     assert [r.event_id for r in await store.load_notification_state()] == [f"U{m}" for m in range(5)]
+
+
+async def test_retention_deletes_done_rows_but_each_notices_last_told_one(store: Store) -> None:
+    old = T0 - 100
+    rows = [NotificationWrite(e, "sms", "M1", n, t, "", "pending", old, old, "[]", "{}") for e, n, t in (
+        ("O1", "N1", "notice.opened"), ("U1", "N1", "notice.updated"),   # N1 still open: U1 is its last told row
+        ("O2", "N2", "notice.opened"), ("R2", "N2", "notice.resolved"),  # N2 over: both go
+        ("P3", "N3", "notice.opened"),                                   # still pending: kept
+        ("D4", "", "notice.digest"))]                                    # a sent digest: goes
+    await store.write(rows)
+    await store.write([note("C5", notice="N5", status="collapsed")])
+    await store.record_deliveries([DeliveryResult(e, "sent", 1, old, None, old)
+                                   for e in ("O1", "U1", "O2", "R2", "D4")])
+    assert await store.delete_expired("notifications", T0 - 50, 2) == {"notifications": 2}
+    assert await store.delete_expired("notifications", T0 - 50, 10) == {"notifications": 2}
+    assert await store.delete_expired("notifications", T0 - 50, 10) == {"notifications": 0}
+    left = {r.event_id for r in (await store.list_notifications(status="all"))[0]}
+    assert left == {"U1", "P3"}
+    assert (await store.list_notifications(status="collapsed"))[0] != []  # C5 is newer than the cut-off

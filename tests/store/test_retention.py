@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from fleetwatch.core.model import BatchRecord, SettlementWrite, TxnWrite
+from fleetwatch.core.model import BatchRecord, DeliveryResult, NotificationWrite, SettlementWrite, TxnWrite
 from fleetwatch.ports import Store
 from fleetwatch.storage.retention import PURGE_ORDER, RetentionJob, retention_seconds
 from tests.store.builders import T0, dead_letter, incident, iw, txn
@@ -70,6 +70,9 @@ async def test_retention_job_on_a_compressed_clock(store: Store) -> None:
     chunks of 4 (reporting every row per table), keeps the recent ones and the unsettled batch, and
     reports the store's size; a pass later still deletes the rest once they too are old."""
     await fill(store)
+    await store.write([NotificationWrite("E1", "sms", "M1", "", "notice.digest", "daily", "pending", T0, T0, "[]",
+                                         "{}")])
+    await store.record_deliveries([DeliveryResult("E1", "sent", 1, T0, None, T0)])
     now = [T0 + 40.0]
     deleted: dict[str, int] = {}
     sizes: list[int] = []
@@ -79,7 +82,7 @@ async def test_retention_job_on_a_compressed_clock(store: Store) -> None:
     )
     totals = await job.run_once()
     assert totals == deleted == {"transactions": 25, "settlements": 1, "incidents": 1, "incident_events": 2,
-                                 "dead_letters": 1, "batches": 1}
+                                 "dead_letters": 1, "batches": 1, "notifications": 1}
     assert len(sizes) == 1
     assert sizes[0] > 0
     assert await store.load_recent_txn_keys(100) == [("T2", "unsettled"), ("T1", "recent")]
