@@ -214,7 +214,10 @@ def test_state_survives_a_kill(daemon: Daemon, broker: Broker) -> None:
         for i in range(20):
             pub.send(f"term/K{i}/heartbeat", heartbeat(f"K{i}", "MK", seq=3))
     wait_until(lambda: terminal_or_none(daemon, "K19"), what="K19 seen")
-    time.sleep(3)  # terminal state is flushed coalesced (store.terminal_flush_s = 2 s)
+    # Terminal state is written coalesced (store.terminal_flush_s), at the writer's next wake
+    # after that: wait until the store has all 20 rows rather than guess how long that takes.
+    wait_until(lambda: daemon.rows("SELECT count(*) FROM terminals WHERE terminal_id LIKE 'K%'") == [(20,)],
+               timeout=30, what="the 20 terminal rows committed")
     daemon.kill()
     daemon.start()
     term = terminal_or_none(daemon, "K7")
