@@ -390,24 +390,32 @@ class SqliteStore:
         tables = prepared.tables()
         if not tables:
             return
+        async with self._fenced_transaction("store write failed") as conn:
+            for table, rows in tables:
+                blob = _ROWS_JSON.encode(rows)
+                if b"\\u0000" in blob:  # json_extract would cut the string there
+                    blob = _ROWS_JSON.encode(without_nul(rows))
+                await conn.execute(_statement_for(table), (blob.decode(),))
+            if prepared.dead_letters:
+                await self._trim_dead_letters()
+
+    @contextlib.asynccontextmanager
+    async def _fenced_transaction(self, failed: str) -> AsyncIterator[Any]:
+        """The one shape of every write: under the writer's lock, BEGIN IMMEDIATE, the
+        lease fence checked, the body, COMMIT. Any error (a cancellation too) rolls back;
+        a database error comes out as StoreError("{failed} on {path}: ...")."""
         async with self._write_lock:
             self._check_open()
             conn = self._writer
             try:
                 await conn.execute("BEGIN IMMEDIATE")
                 await self._check_fence()
-                for table, rows in tables:
-                    blob = _ROWS_JSON.encode(rows)
-                    if b"\\u0000" in blob:  # json_extract would cut the string there
-                        blob = _ROWS_JSON.encode(without_nul(rows))
-                    await conn.execute(_statement_for(table), (blob.decode(),))
-                if prepared.dead_letters:
-                    await self._trim_dead_letters()
+                yield conn
                 await conn.execute("COMMIT")
             except BaseException as exc:
                 await _rollback_quietly(conn)
                 if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"store write failed on {self._path}: {exc}") from exc
+                    raise StoreError(f"{failed} on {self._path}: {exc}") from exc
                 raise
 
     async def _check_fence(self) -> None:
@@ -429,23 +437,12 @@ class SqliteStore:
 
     async def delete_expired(self, kind: PurgeKind, before: float, limit: int) -> Mapping[str, int]:
         """One chunk of retention, in one short transaction under the writer's lock."""
-        async with self._write_lock:
-            self._check_open()
-            conn = self._writer
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-                await self._check_fence()
-                if kind == "incidents":
-                    deleted = await self._delete_incidents(before, limit)
-                else:
-                    cursor = await conn.execute(_PURGE_SQL[kind], (before, limit))
-                    deleted = {kind: max(cursor.rowcount, 0)}
-                await conn.execute("COMMIT")
-            except BaseException as exc:
-                await _rollback_quietly(conn)
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"retention failed on {self._path}: {exc}") from exc
-                raise
+        async with self._fenced_transaction("retention failed") as conn:
+            if kind == "incidents":
+                deleted = await self._delete_incidents(before, limit)
+            else:
+                cursor = await conn.execute(_PURGE_SQL[kind], (before, limit))
+                deleted = {kind: max(cursor.rowcount, 0)}
         return deleted
 
     async def _delete_incidents(self, before: float, limit: int) -> dict[str, int]:
@@ -747,19 +744,8 @@ class SqliteStore:
         if not results:
             return
         params = [(r.status, r.attempts, r.next_at, r.last_error, r.sent_at, r.event_id) for r in results]
-        async with self._write_lock:
-            self._check_open()
-            conn = self._writer
-            try:
-                await conn.execute("BEGIN IMMEDIATE")
-                await self._check_fence()
-                await conn.executemany(outbox.RECORD, params)
-                await conn.execute("COMMIT")
-            except BaseException as exc:
-                await _rollback_quietly(conn)
-                if isinstance(exc, sqlite3.Error):
-                    raise StoreError(f"store write failed on {self._path}: {exc}") from exc
-                raise
+        async with self._fenced_transaction("store write failed") as conn:
+            await conn.executemany(outbox.RECORD, params)
 
     async def load_notification_state(self) -> list[NotificationRecord]:
         return [notification_of(r) for r in await self._fetchall(outbox.STATE)]
