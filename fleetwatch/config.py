@@ -47,6 +47,15 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def known_zone(setting: str, name: str) -> str:
+    """``name`` if it is an IANA time zone this machine knows (ValueError naming ``setting``)."""
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"{setting} {name!r} is not a known IANA time zone") from exc
+    return name
+
+
 class _Section(BaseModel):
     # Attribute docstrings become field descriptions: the example config is generated from them.
     model_config = ConfigDict(frozen=True, extra="forbid", use_attribute_docstrings=True)
@@ -268,11 +277,7 @@ class DetectSettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _zone_exists(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"detect.timezone {v!r} is not a known IANA time zone") from exc
-        return v
+        return known_zone("detect.timezone", v)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -431,11 +436,7 @@ class NotifySettings(_Section):
     @field_validator("timezone")
     @classmethod
     def _zone(cls, v: str) -> str:
-        try:
-            ZoneInfo(v)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
-            raise ValueError(f"notify.timezone {v!r} is not a known IANA time zone") from exc
-        return v
+        return known_zone("notify.timezone", v)
 
     @field_validator("merchant_webhooks")
     @classmethod
