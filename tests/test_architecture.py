@@ -63,6 +63,15 @@ def test_only_the_mqtt_adapter_knows_the_mqtt_client() -> None:
     assert not [p for p in PACKAGE.rglob("*.py") if any(m.split(".")[0] == "gmqtt" for m in imported_modules(p))]
 
 
+def test_the_http11_client_is_the_webhook_workers_alone_and_knows_nothing_of_fleetwatch() -> None:
+    """fleetwatch/http11.py is a plain HTTP/1.1 client (docs/decisions/0009-lean-webhook-client.md):
+    it imports nothing of fleetwatch, and only the webhook adapter uses it."""
+    assert not [m for m in imported_modules(PACKAGE / "http11.py") if m.startswith("fleetwatch")]
+    users = sorted(p.relative_to(PACKAGE).as_posix() for p in PACKAGE.rglob("*.py")
+                   if "fleetwatch.http11" in imported_modules(p))
+    assert users == ["adapters/webhooks.py"]
+
+
 NEUTRAL_STORE_CODE = [*sorted((PACKAGE / "storage").glob("*.py")), PACKAGE / "testing.py"]
 DATABASE_DRIVERS = {"sqlite3", "aiosqlite", "asyncpg"}
 

@@ -8,15 +8,16 @@ sends it again under the same ``event_id`` (the receiver's ``Idempotency-Key``).
 
 - **One row per receiver and notice at a time**, oldest first (the store hands out only
   the oldest pending row of each), so a receiver sees a notice's events in order.
-- **Outcomes**: 2xx ends it (``sent``); 408, 429, 5xx and network errors are retried with
-  exponential backoff and jitter, or after ``Retry-After`` when the receiver says so; any
-  other status is final (``failed``, counted, logged once per receiver and status). An
-  event still undelivered ``notify.give_up_after_s`` after it was due is ``failed``.
+- **Outcomes** are the pure policy's (``core/delivery_policy.py``): 2xx ends it (``sent``);
+  408, 429, 5xx and network errors are retried with exponential backoff and jitter, or
+  after ``Retry-After`` when the receiver says so; any other status is final (``failed``,
+  counted, logged once per receiver and status). An event still undelivered
+  ``notify.give_up_after_s`` after it was due is ``failed``.
 - **Signed**: ``X-Fleetwatch-Signature: sha256=<hex>`` is the HMAC-SHA256 of the exact body
   bytes with the receiver's secret.
-- **Throughput**: ``notify.delivery_concurrency`` senders, each with its own keep-alive
-  connection per receiver; results are committed in small batches, not one transaction
-  per event.
+- **Throughput**: ``notify.delivery_concurrency`` senders sharing one lean HTTP/1.1 client
+  (``fleetwatch/http11.py``: a keep-alive connection per request in flight, reused per
+  receiver); results are committed in small batches, not one transaction per event.
 
 The worker is started and stopped as a unit (``run`` / ``stop``) by ``app.py``'s
 background tasks.
@@ -31,23 +32,21 @@ import hmac
 import random
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from typing import Final
 
-import httpcore
 import structlog
 
 from fleetwatch import __version__
 from fleetwatch.config import NotifySettings
+from fleetwatch.core.delivery_policy import RECEIVER_GONE, Backoff, Unreachable, decide
 from fleetwatch.core.model import DeliveryResult, NotificationRecord
+from fleetwatch.http11 import Client, TransportError
 from fleetwatch.logs import RateLimitedLog
 from fleetwatch.ports import NotificationOutbox
 from fleetwatch.timefmt import rfc3339
 
 log = structlog.get_logger("fleetwatch.webhooks")
 
-RETRIED_STATUSES: Final = frozenset({408, 429})
 FETCH_LIMIT: Final = 1000
 RESULTS_PER_COMMIT: Final = 200
 COMMIT_EVERY_S: Final = 0.05
@@ -63,16 +62,7 @@ Outcome = Callable[[str, str, str], None]
 
 
 USER_AGENT: Final = f"fleetwatch/{__version__}".encode()
-TRANSPORT_ERRORS: Final = (httpcore.TimeoutException, httpcore.NetworkError, httpcore.ProtocolError,
-                           httpcore.UnsupportedProtocol, OSError)
-"""What a delivery attempt can fail with below HTTP: retried like a 5xx."""
-
-
-def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> str | None:
-    for key, value in headers:
-        if key.lower() == name:
-            return value.decode("latin-1")
-    return None
+CONTENT_TYPE: Final = b"application/json; charset=utf-8"
 
 
 def signature(secret: bytes, body: bytes) -> str:
@@ -85,31 +75,6 @@ def with_sent_at(body: str, sent_at: str) -> bytes:
     return (body[:-1] + ',"sent_at":"' + sent_at + '"}').encode()
 
 
-def retry_after_s(value: str | None, now: float) -> float | None:
-    """``Retry-After`` as seconds from now (delta-seconds or an HTTP date); None if absent or unreadable."""
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return float(value)
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
-
-
-@dataclass(frozen=True, slots=True)
-class Backoff:
-    """Exponential backoff with jitter: attempt n waits ``initial * 2**(n-1)``, capped, times 0.5..1."""
-
-    initial_s: float
-    max_s: float
-
-    def delay(self, attempts: int, rng: random.Random) -> float:
-        base = min(self.max_s, self.initial_s * 2 ** min(attempts - 1, 30))
-        return float(base * (0.5 + rng.random() / 2))
-
-
 class WebhookDelivery:
     """The delivery worker: due rows in, POSTs out, results back to the store."""
 
@@ -119,7 +84,7 @@ class WebhookDelivery:
     ) -> None:
         self._outbox = outbox
         self._settings = settings
-        self._targets: dict[str, tuple[bytes, float]] = {}
+        self._targets: dict[str, tuple[str, float]] = {}
         self._secrets = {w.name: w.secret.get_secret_value().encode() for w in settings.merchant_webhooks}
         self._on_outcome = on_outcome
         self._on_depth = on_depth
@@ -152,16 +117,9 @@ class WebhookDelivery:
     async def run(self) -> None:
         """Until ``stop``: fetch what is due, deliver it, record the outcomes."""
         n = self._settings.delivery_concurrency
-        async with contextlib.AsyncExitStack() as stack:
-            # httpcore (httpx's own transport) directly: the httpx layer above it cost a third of
-            # the CPU per delivery and gives a webhook POST nothing it needs (bench: notify-outbox).
-            # A small pool per sender (its own keep-alive connection per receiver): a shared pool of
-            # n connections spends more on assigning requests to connections than on the requests.
-            pools = [await stack.enter_async_context(httpcore.AsyncConnectionPool(max_connections=4))
-                     for _ in range(n)]
-            self._targets = {w.name: (w.url.encode(), w.timeout_s) for w in self._settings.merchant_webhooks}
-            senders = [asyncio.create_task(self._sender(pool), name=f"webhook-sender-{i}")
-                       for i, pool in enumerate(pools)]
+        async with Client(user_agent=USER_AGENT) as client:
+            self._targets = {w.name: (w.url, w.timeout_s) for w in self._settings.merchant_webhooks}
+            senders = [asyncio.create_task(self._sender(client), name=f"webhook-sender-{i}") for i in range(n)]
             recorder = asyncio.create_task(self._recorder(), name="webhook-recorder")
             try:
                 await self._fetcher()
@@ -208,12 +166,12 @@ class WebhookDelivery:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._settings.poll_s)
             self._wake.clear()
 
-    async def _sender(self, pool: httpcore.AsyncConnectionPool) -> None:
+    async def _sender(self, client: Client) -> None:
         while True:
             row = await self._queue.get()
             try:
                 try:
-                    result = await self._attempt(pool, row)
+                    result = await self._attempt(client, row)
                 except Exception as exc:  # a bug must not take a sender (and its row) out for good
                     if self._errors.should_log(f"bug:{type(exc).__name__}")[0]:
                         log.exception("webhook delivery failed unexpectedly; will retry", event_id=row.event_id)
@@ -246,44 +204,38 @@ class WebhookDelivery:
 
     # ---- one attempt -----------------------------------------------------------------
 
-    async def _attempt(self, pool: httpcore.AsyncConnectionPool, row: NotificationRecord) -> DeliveryResult:
+    async def _attempt(self, client: Client, row: NotificationRecord) -> DeliveryResult:
         target = self._targets.get(row.receiver)
         attempts = row.attempts + 1
         now = self._clock()
         if target is None:
-            return self._final(row, attempts, now, "failed", "receiver no longer configured")
+            return self._final(row, attempts, now, "failed", RECEIVER_GONE)
         url, timeout = target
         body = with_sent_at(row.body, rfc3339(now) or "")
-        headers = [(b"Content-Type", b"application/json; charset=utf-8"), (b"User-Agent", USER_AGENT),
-                   (b"Idempotency-Key", row.event_id.encode()), (b"X-Fleetwatch-Event", row.type.encode()),
+        headers = [(b"Content-Type", CONTENT_TYPE), (b"Idempotency-Key", row.event_id.encode()),
+                   (b"X-Fleetwatch-Event", row.type.encode()),
                    (b"X-Fleetwatch-Signature", signature(self._secrets[row.receiver], body).encode())]
-        retry_after: float | None = None
+        answer: int | Unreachable
+        retry_after: str | None = None
         try:
-            response = await pool.request("POST", url, headers=headers, content=body,
-                                          extensions={"timeout": {"connect": timeout, "read": timeout,
-                                                                  "write": timeout, "pool": timeout}})
-        except TRANSPORT_ERRORS as exc:
-            error = (f"{type(exc).__name__}: {exc}"[:200]) or type(exc).__name__
+            response = await client.post(url, headers, body, timeout)
+        except TransportError as exc:
+            answer = Unreachable(str(exc))
         else:
-            status = response.status
-            if 200 <= status < 300:
-                return self._final(row, attempts, self._clock(), "sent", None)
-            error = f"HTTP {status}"
-            if status < 500 and status not in RETRIED_STATUSES:
-                if self._errors.should_log(f"{row.receiver}:{status}")[0]:
-                    log.warning("webhook refused an event; not retried", receiver=row.receiver, status=status,
-                                event_id=row.event_id)
-                return self._final(row, attempts, self._clock(), "failed", error)
-            retry_after = retry_after_s(_header(response.headers, b"retry-after"), self._clock())
-        now = self._clock()
-        wait = retry_after if retry_after is not None else self._backoff.delay(attempts, self._rng)
-        if now + wait - row.due_at > self._settings.give_up_after_s:
+            answer, retry_after = response.status, response.header(b"retry-after")
+        decision = decide(answer, retry_after, attempts=attempts, due_at=row.due_at, now=self._clock(),
+                          settings=self._settings, rng=self._rng)
+        if decision.outcome == "retry":
+            self._on_outcome(row.receiver, row.type, "retry")
+            return DeliveryResult(row.event_id, "pending", attempts, decision.next_at, decision.error, None)
+        if decision.gave_up:
             if self._errors.should_log(f"{row.receiver}:give-up")[0]:
                 log.warning("webhook event given up", receiver=row.receiver, event_id=row.event_id,
-                            attempts=attempts, last_error=error)
-            return self._final(row, attempts, now, "failed", f"gave up: {error}")
-        self._on_outcome(row.receiver, row.type, "retry")
-        return DeliveryResult(row.event_id, "pending", attempts, now + wait, error, None)
+                            attempts=attempts, last_error=decision.error)
+        elif decision.outcome == "failed" and self._errors.should_log(f"{row.receiver}:{answer}")[0]:
+            log.warning("webhook refused an event; not retried", receiver=row.receiver, status=answer,
+                        event_id=row.event_id)
+        return self._final(row, attempts, decision.next_at, decision.outcome, decision.error)
 
     def _final(self, row: NotificationRecord, attempts: int, now: float, status: str,
                error: str | None) -> DeliveryResult:
