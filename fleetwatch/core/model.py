@@ -11,8 +11,9 @@ Times are epoch seconds as floats (the daemon's clock) unless a name ends in ``_
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass, field, fields
+from operator import attrgetter
+from typing import Any, Final, Literal
 
 Kind = Literal["reader", "printer", "network", "power", "tamper", "config", "settlement_gap", "host_outage"]
 Scope = Literal["terminal", "merchant", "group", "fleet"]
@@ -353,6 +354,17 @@ class BatchRecord:
     """Put under watch by a tamper or hardware swap while the batch was open."""
     done: bool = False
     """Settled in full and matched: nothing more to watch; not loaded at start."""
+
+    def copy(self) -> BatchRecord:
+        """A detached copy: what the settlement book hands out of its live records.
+
+        Every field positionally (:data:`_BATCH_FIELDS`), about a fifth of the cost of
+        ``dataclasses.replace``, which the store flush paid for every batch a transaction touched.
+        """
+        return BatchRecord(*_BATCH_FIELDS(self))
+
+
+_BATCH_FIELDS: Final = attrgetter(*(f.name for f in fields(BatchRecord)))
 
 
 @dataclass(frozen=True, slots=True)

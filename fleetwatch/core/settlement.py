@@ -29,7 +29,7 @@ import heapq
 import itertools
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
@@ -371,7 +371,7 @@ class SettlementBook:
         for stored in batches:
             if stored.done:
                 continue
-            rec = replace(stored)
+            rec = stored.copy()
             b = _Batch(rec=rec, watch_reason="restored" if rec.watch else None)
             key = (rec.terminal_id, rec.batch_no, rec.currency)
             self._batches[key] = b
@@ -540,7 +540,7 @@ class SettlementBook:
 
     def take_dirty(self) -> list[BatchRecord]:
         """Copies of the records changed since the last call, one per batch (coalesced)."""
-        out = [replace(r) for r in self._dirty.values()]
+        out = [r.copy() for r in self._dirty.values()]
         self._dirty.clear()
         return out
 
@@ -585,7 +585,7 @@ class SettlementBook:
     def batch(self, terminal_id: str, batch_no: int, currency: str) -> BatchRecord | None:
         """A copy of one open batch's record, or None when it is not held (never seen or done)."""
         b = self._batches.get((terminal_id, batch_no, currency))
-        return replace(b.rec) if b else None
+        return b.rec.copy() if b else None
 
     # -- internals ------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ Clears that came out (folded into "incidents" the way the incident book keys the
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -758,3 +759,14 @@ def test_day_view_and_money_at_stake_never_mix_currencies_or_count_parents() -> 
 
     assert money_at_stake([gap("terminal", 100, "CNY"), gap("terminal", 50, "CNY"), gap("terminal", 7, "HKD"),
                            gap("merchant", 150, "CNY")]) == {"CNY": 150, "HKD": 7}
+
+
+def test_a_batch_record_copy_carries_every_field_and_is_detached() -> None:
+    """``BatchRecord.copy`` is what the book hands to the store: a missed field would be a lost tally."""
+    values = {f.name: f"v-{f.name}" for f in dataclasses.fields(BatchRecord)}  # distinct per field
+    original = BatchRecord(**values)  # type: ignore[arg-type]
+    copied = original.copy()
+    assert copied == original
+    assert copied is not original
+    copied.tally_count = 99
+    assert original.tally_count == "v-tally_count"
