@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import socket
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -166,6 +167,26 @@ async def test_an_event_undelivered_past_the_horizon_is_failed(receiver: Receive
     assert len(failed) == 3
     assert all(r.last_error == "gave up: HTTP 500" for r in failed)
     assert outcomes[("sms", "notice.resolved", "failed")] == 1
+
+
+async def test_a_receiver_that_refuses_connections_is_retried_like_a_5xx() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as probe:  # a port nobody listens on once closed
+        port = probe.getsockname()[1]
+    cfg = settings(f"http://127.0.0.1:{port}/hook")
+    store = await outbox_with_events(cfg, incidents=1)
+    outcomes = Outcomes()
+    worker = WebhookDelivery(store, cfg.notify, on_outcome=outcomes, on_depth=lambda _: None)
+
+    async def retried_twice() -> bool:
+        return (await store.due_notifications(NOW + 10**6, 10))[0].attempts >= 2
+
+    await deliver_until(worker, retried_twice)
+    [row] = await store.due_notifications(NOW + 10**6, 10)  # still pending: the open, the rest wait behind it
+    assert row.type == "notice.opened"
+    assert row.last_error is not None
+    assert row.last_error.startswith(f"cannot connect to 127.0.0.1:{port}")
+    assert outcomes[("sms", "notice.opened", "retry")] >= 2
+    assert outcomes[("sms", "notice.opened", "failed")] == 0
 
 
 async def test_a_stopped_worker_resumes_with_the_same_event_ids(receiver: Receiver) -> None:
