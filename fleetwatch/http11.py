@@ -2,7 +2,7 @@
 
 Why not a library: the worker's CPU per request decides how many merchant notifications one
 core delivers (CONTRACT §6, ``python -m bench notify``), and httpcore/h11 or aiohttp spend
-four to nine times what this does on a webhook POST (docs/decisions/0009-lean-webhook-client.md).
+three to nine times what this does on a webhook POST (docs/decisions/0009-lean-webhook-client.md).
 The hard parts stay a library's: responses are parsed by ``httptools`` (llhttp, the parser of
 Node.js and uvicorn: Content-Length, chunked bodies, keep-alive and ``Connection: close``
 semantics), TLS is the standard library's ``ssl`` with verification on.
