@@ -43,6 +43,7 @@ class Decider(Protocol):
 
     def apply(self, env: Envelope) -> list[Effect]: ...
     def tick(self, now: float) -> list[Effect]: ...
+    def behind(self, now: float) -> bool: ...
     def connection_changed(self, connected: bool, now: float) -> None: ...
     def take_dirty_terminals(self) -> list[TerminalRecord]: ...
     def take_dirty_batches(self) -> list[BatchRecord]: ...
@@ -298,6 +299,14 @@ class Pipeline:
         period = self._settings.detect.intervals(self._settings.detect.sweep_intervals)
         while not self._closing:
             await asyncio.sleep(period)
+            await self.sweep_until_current()
+
+    async def sweep_until_current(self) -> None:
+        """One sweep, then more at once while the engine is behind (a tick stops at its budget
+        of silence checks, so a million deadlines falling together do not stall the loop)."""
+        self.sweep()
+        while not self._closing and self._engine.behind(self._clock()):
+            await asyncio.sleep(0)  # intake and the API run between the rounds
             self.sweep()
 
     def sweep(self) -> None:

@@ -25,13 +25,21 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.applied: list[Envelope] = []
+        self.ticks = 0
+        self.due = 0
+        """Ticks still needed before nothing due is left (a tick that stopped at its budget)."""
 
     def apply(self, env: Envelope) -> list[Effect]:
         self.applied.append(env)
         return [DeadLetter("marker", env.kind, "", env.received_at, None)] if env.kind == "txn" else []
 
     def tick(self, now: float) -> list[Effect]:
+        self.ticks += 1
+        self.due = max(0, self.due - 1)
         return []
+
+    def behind(self, now: float) -> bool:
+        return self.due > 0
 
     def connection_changed(self, connected: bool, now: float) -> None:
         pass
@@ -279,3 +287,19 @@ async def test_derived_effects_commit_in_the_transaction_of_what_they_derive_fro
     assert len(store.writes) == 2
     pipeline.close()
     await asyncio.wait_for(writer, 1)
+
+
+async def test_a_sweep_ticks_again_at_once_while_the_engine_is_behind() -> None:
+    """A tick stopped at its budget of silence checks: the rest is judged in the same sweep,
+    not one sweep period (15 s at the default interval) later per budget."""
+    engine = FakeEngine()
+    engine.due = 4
+    await make(FakeStore(), engine).sweep_until_current()
+    assert engine.ticks == 4
+    assert not engine.behind(0.0)
+
+
+async def test_a_sweep_with_nothing_behind_ticks_once() -> None:
+    engine = FakeEngine()
+    await make(FakeStore(), engine).sweep_until_current()
+    assert engine.ticks == 1

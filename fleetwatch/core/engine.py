@@ -125,6 +125,16 @@ HOURS_PRESENCE_INTERVALS = 1.5
 that comes a little late is not silence)."""
 
 
+SILENCE_CHECKS_PER_TICK: Final = 20_000
+"""At most this many silence deadlines are looked at by one :meth:`Engine.tick`.
+
+After a restart every restored terminal's deadline falls at the same moment (the end of
+the restart's grace), and most are only re-queued because the terminal was heard again
+since: a million of them took one tick of 2.8 s (``python -m bench silence``), a stalled
+event loop (no intake, no API, no /healthz). Bounded, one tick takes about a tenth of a
+second there; :meth:`Engine.behind` tells the sweeper to tick again at once, after letting
+intake and the API run (``Pipeline.sweep_until_current``)."""
+
 _QUIET_PRINTER: Final = frozenset({"ok", "absent"})
 """Printer statuses that hold no condition (rules.printer_state drops, never holds)."""
 
@@ -138,9 +148,10 @@ class Engine:
 
     def __init__(
         self, detect: DetectSettings, settlement: SettlementSettings, *,
-        new_id: Callable[[], str] | None = None,
+        new_id: Callable[[], str] | None = None, silence_checks_per_tick: int = SILENCE_CHECKS_PER_TICK,
     ) -> None:
         self._cfg = detect
+        self._silence_checks = silence_checks_per_tick
         self._interval = detect.heartbeat_interval_s
         self._offline_after = detect.intervals(detect.offline_after_missed)
         self._flap_after = detect.intervals(detect.flap_silence_intervals)
@@ -723,7 +734,9 @@ class Engine:
         """Judge silence and every deadline that has come; cost follows what is due."""
         sigs: list[Signal] = []
         heap = self._silence
-        while heap and heap[0][0] <= now and not self._blind:
+        checks = self._silence_checks
+        while heap and heap[0][0] <= now and not self._blind and checks:
+            checks -= 1
             due, tid = heapq.heappop(heap)
             st = self._terms.get(tid)
             if st is None or st.sched != due:
@@ -766,6 +779,12 @@ class Engine:
         for tid in [t for t, until in self._maint.items() if until <= now]:
             del self._maint[tid]
         return self._with_deferred(out) if self._deferred else out
+
+    def behind(self, now: float) -> bool:
+        """Silence deadlines due by ``now`` are still waiting (a tick stopped at its budget,
+        :data:`SILENCE_CHECKS_PER_TICK`): tick again."""
+        heap = self._silence
+        return bool(heap) and heap[0][0] <= now and not self._blind
 
     def _signals(self, sigs: Iterable[Signal], now: float) -> list[Effect]:
         """Findings and clears into the book (a new incident with the parent that explains

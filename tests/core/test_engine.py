@@ -265,3 +265,37 @@ def test_a_settlement_deadline_waits_for_the_subscription() -> None:
     e.connection_changed(True, 20.0)
     assert gaps(run_ticks(e, 20.0, 22.75)) == []
     assert gaps(run_ticks(e, 23.0, 24.0))
+
+
+def _offline_terminals(effects: Sequence[object]) -> set[str]:
+    return {w.incident.terminal_id or "" for w in writes(effects)
+            if w.incident.cause == "offline" and w.incident.scope == "terminal"}
+
+
+def test_a_tick_looks_at_no_more_silence_deadlines_than_its_budget_and_says_it_is_behind() -> None:
+    """After a restart every restored deadline falls at once; a tick takes at most its budget
+    of them (oldest first) and ``behind`` asks for the next, until each was judged once."""
+    rec_engine = engine()
+    for i in range(12):
+        rec_engine.apply(heartbeat_env(f"T{i:02d}", 1.0, 1, merchant_id=f"M{i:02d}"))
+    records = rec_engine.take_dirty_terminals()
+    e = Engine(CFG, SettlementSettings(), silence_checks_per_tick=5)
+    e.restore(records, [], [], [], 100.0)
+    for i in range(6, 12):  # heard again after the restart: re-queued, not judged
+        e.apply(heartbeat_env(f"T{i:02d}", 101.0, 2, merchant_id=f"M{i:02d}"))
+    judged, behind = [], []
+    for _ in range(3):
+        judged.append(_offline_terminals(e.tick(103.0)))
+        behind.append(e.behind(103.0))
+    assert judged == [{f"T{i:02d}" for i in range(5)}, {"T05"}, set()]
+    assert behind == [True, True, False]
+
+
+def test_with_the_default_budget_one_tick_judges_every_due_deadline() -> None:
+    rec_engine = engine()
+    for i in range(12):
+        rec_engine.apply(heartbeat_env(f"T{i:02d}", 1.0, 1, merchant_id=f"M{i:02d}"))
+    e = Engine(CFG, SettlementSettings())
+    e.restore(rec_engine.take_dirty_terminals(), [], [], [], 100.0)
+    assert len(_offline_terminals(e.tick(103.0))) == 12
+    assert not e.behind(103.0)
