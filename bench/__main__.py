@@ -1,4 +1,4 @@
-"""``python -m bench {publisher|ingest|stores|memory|restart|metrics|latency|failover|notify|hotpath|all}...``.
+"""``python -m bench {publisher|ingest|stores|memory|restart|metrics|latency|failover|notify|hotpath|silence|all}...``.
 
 ``--smoke``: tiny and fast.
 
@@ -18,14 +18,14 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from bench import failover, harness, hotpath, notices, notify_bench, report
+from bench import failover, harness, hotpath, notices, notify_bench, report, silence_bench
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("what", nargs="+",
                    choices=("publisher", "ingest", "stores", "memory", "restart", "metrics", "latency", "notices",
-                            "failover", "notify", "hotpath", "all"))
+                            "failover", "notify", "hotpath", "silence", "all"))
     p.add_argument("--smoke", action="store_true", help="tiny and fast (2,000 messages); no speed targets")
     p.add_argument("--terminals", type=int, default=None, help="fleet of the ingest stream (default 20,000)")
     p.add_argument("--messages", type=int, default=None, help="messages in the ingest stream (default 200,000)")
@@ -78,6 +78,8 @@ async def _run(what: set[str], opts: harness.Options) -> list[report.Figure]:
         figs.append(await harness.figure_publisher(opts))
     if "hotpath" in what:
         figs.append(await asyncio.to_thread(hotpath.figure, max(3, opts.repeat), opts.smoke))
+    if "silence" in what:
+        figs.append(await asyncio.to_thread(silence_bench.figure, opts.smoke))
     if "ingest" in what:
         figs += await harness.figure_ingest(opts)
     if "stores" in what:

@@ -54,3 +54,14 @@ def test_hotpath_bench_runs_every_stage() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for stage in ("MQTT parse", "decode", "engine", "intake"):
         assert stage in result.stdout
+
+
+def test_silence_bench_catches_up_without_taking_anyone_offline() -> None:
+    """`python -m bench silence --smoke`: restored terminals heard again are re-queued, never
+    judged offline, bounded or not (the bench exits 1 otherwise)."""
+    result = subprocess.run(
+        [sys.executable, "-m", "bench", "silence", "--smoke", "--no-report"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "terminals taken offline" in result.stdout
