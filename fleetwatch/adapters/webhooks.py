@@ -90,7 +90,7 @@ class WebhookDelivery:
         self._on_depth = on_depth
         self._clock = clock
         self._rng = rng or random.Random()
-        self._backoff = Backoff(settings.retry_initial_s, settings.retry_max_s)
+        self._backoff = Backoff.of(settings)
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._in_hand: set[str] = set()

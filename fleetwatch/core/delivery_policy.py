@@ -55,6 +55,11 @@ class Backoff:
     initial_s: float
     max_s: float
 
+    @classmethod
+    def of(cls, settings: NotifySettings) -> Backoff:
+        """The backoff ``notify.retry_initial_s`` / ``retry_max_s`` configure."""
+        return cls(settings.retry_initial_s, settings.retry_max_s)
+
     def delay(self, attempts: int, rng: Jitter) -> float:
         base = min(self.max_s, self.initial_s * 2 ** min(attempts - 1, 30))
         return float(base * (0.5 + rng.random() / 2))
@@ -105,7 +110,7 @@ def decide(answer: Answer, retry_after: str | None, *, attempts: int, due_at: fl
         error = f"HTTP {answer}"
     wait = retry_after_s(retry_after, now) if not isinstance(answer, Unreachable) else None
     if wait is None:
-        wait = Backoff(settings.retry_initial_s, settings.retry_max_s).delay(attempts, rng)
+        wait = Backoff.of(settings).delay(attempts, rng)
     if now + wait - due_at > settings.give_up_after_s:
         return Decision("failed", now, f"gave up: {error}", gave_up=True)
     return Decision("retry", now + wait, error)
