@@ -735,7 +735,7 @@ class Engine:
         sigs: list[Signal] = []
         heap = self._silence
         checks = self._silence_checks
-        while heap and heap[0][0] <= now and not self._blind and checks:
+        while checks and self.behind(now):
             checks -= 1
             due, tid = heapq.heappop(heap)
             st = self._terms.get(tid)
