@@ -136,11 +136,11 @@ async def figure_outbox(command: str, smoke: bool) -> Figure:
     return fig
 
 
-def _seed_pending(db: Path, n: int, outage: Outage) -> None:
-    """``n`` pending events as they stand ``outage.attempts`` attempts into a receiver's outage:
-    their next attempts spread over the backoff of the next one."""
+def _seed_pending(db: Path, outage: Outage) -> None:
+    """``outage.events`` pending events as they stand ``outage.attempts`` attempts into a
+    receiver's outage, their next attempts spread evenly over ``outage.next_within_s``."""
     now = time.time()
-    spread = outage.next_within_s
+    n, spread = outage.events, outage.next_within_s
     with contextlib.closing(sqlite3.connect(db)) as conn, conn:
         conn.executemany(
             "INSERT INTO notifications (event_id, receiver, merchant_id, notice_id, type, digest, status, due_at, "
@@ -193,7 +193,7 @@ async def _ingest_once(st: streams.Stream, outage: Outage, port: int, connection
         daemon = new_daemon(broker.port, interval=1.0, extra_config=extra)
         await asyncio.to_thread(daemon.start)
         await asyncio.to_thread(daemon.stop)
-        _seed_pending(daemon.db, outage.events, outage)
+        _seed_pending(daemon.db, outage)
         await asyncio.to_thread(daemon.start)
         await asyncio.sleep(2.0)  # the worker has taken up the pending events before the stream starts
         clients = await connect_all(broker.port, connections)
@@ -242,7 +242,7 @@ async def figure_ingest(command: str, opts: Options) -> Figure:
     fig.notes.append("'down for minutes': every event eight attempts in, its next attempt 64-128 s away (spread "
                      "evenly): the outbox of an outage in progress. 'since the daemon started': every event due at "
                      "once, its first retry waves inside the stream: what the first seconds of an outage cost")
-    fig.notes.append(f"five runs per side, alternated; medians; load average {load0:.1f} before, "
+    fig.notes.append(f"{1 if opts.smoke else 5} run(s) per side, alternated; medians; load average {load0:.1f} before, "
                      f"{os.getloadavg()[0]:.1f} after, on 2 cores. The daemon's own CPU per message is the steadier "
                      "figure: single runs of one side vary by more than the 5 % compared")
     return fig

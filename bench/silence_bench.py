@@ -24,7 +24,7 @@ from bench.report import Figure
 from fleetwatch.config import DetectSettings, SettlementSettings
 from fleetwatch.core.engine import SILENCE_CHECKS_PER_TICK, Engine
 from fleetwatch.core.messages import Envelope, Heartbeat
-from fleetwatch.core.model import TerminalRecord
+from fleetwatch.core.model import IncidentWrite, TerminalRecord
 
 T0 = 1_800_000_000.0
 INTERVAL = 60.0
@@ -71,7 +71,7 @@ def catch_up(n: int, budget: int) -> CatchUp:
         effects = engine.tick(due)
         longest = max(longest, time.thread_time() - t0)
         ticks += 1
-        offline += sum(1 for e in effects if getattr(getattr(e, "incident", None), "cause", None) == "offline")
+        offline += sum(1 for e in effects if isinstance(e, IncidentWrite) and e.incident.cause == "offline")
         if not engine.behind(due):
             break
     gc.unfreeze()
