@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+# First: decides whether the mypyc-compiled hot path may be used (fleetwatch/_compiled.py).
+from fleetwatch._compiled import COMPILED as COMPILED
+
 try:
     __version__ = version("fleetwatch")
 except PackageNotFoundError:  # running from a source tree that was never installed

@@ -45,6 +45,8 @@ from dataclasses import replace
 from datetime import tzinfo
 from typing import Final
 
+from mypy_extensions import mypyc_attr
+
 from fleetwatch.config import DetectSettings, SettlementSettings
 from fleetwatch.core.acquirer import ACTIVE, CLOSED, SUSPENDED, AcquirerStatuses, decision_finding
 from fleetwatch.core.attribution import HOST_SIDE, Attributor
@@ -143,6 +145,9 @@ def _uuid_hex() -> str:
     return uuid.uuid4().hex
 
 
+# Compiled by mypyc (setup.py): a class defined in Python may still extend it, since
+# tests/core/test_heartbeat_fast_path.py holds it against a subclass with the fast path off.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class Engine:
     """All detection state of the daemon, driven by messages and the clock."""
 

@@ -450,10 +450,10 @@ def rates_due(ctx: Ctx) -> Sequence[Signal]:
     """A rate window asked to be looked at again (ctx.wake): open after the wait, end a
     condition whose failures stopped, forget a window with nothing left in it."""
     st = ctx.st
-    if st.rates is None:
-        return NOTHING
     out: list[Signal] = []
     for sig in (_LINK, _PRINT):
+        # Read afresh each turn and never narrowed before the loop: the first window's turn
+        # may forget st.rates, and a compiled build checks the type mypy narrowed it to.
         rates = st.rates
         if rates is None:
             break
@@ -461,7 +461,7 @@ def rates_due(ctx: Ctx) -> Sequence[Signal]:
         if w is None or w.wake_at is None or w.wake_at > ctx.now:
             continue
         out.extend(_window_due(ctx, sig, w))
-    return out
+    return out or NOTHING
 
 
 def _window_due(ctx: Ctx, sig: _Signal, w: AttemptWindow) -> Sequence[Signal]:

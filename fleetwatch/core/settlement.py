@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Final
 
+from mypy_extensions import mypyc_attr
+
 from fleetwatch.config import SettlementSettings
 from fleetwatch.core.messages import BatchClose, Heartbeat, Settlement, TxnResult
 from fleetwatch.core.model import (
@@ -329,6 +331,9 @@ def _gap_key(terminal_id: str, batch_no: int, currency: str, cause: str) -> str:
 
 # ---- the book -------------------------------------------------------------------
 
+# Compiled by mypyc (setup.py): a class defined in Python may still extend it, since
+# tests/core/test_settlement_amortised.py holds it against a subclass that evaluates every txn.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class SettlementBook:
     """Open batches, their deadlines, and the gaps they have open.
 

@@ -7,8 +7,10 @@ Clears that came out (folded into "incidents" the way the incident book keys the
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -525,19 +527,18 @@ def test_saf_backlog_opens_holds_and_clears() -> None:
 
 # ---- scale, persistence, restart ------------------------------------------------------
 
-def test_tick_touches_only_due_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tick_touches_only_due_batches() -> None:
     """With many open batches and no deadline due, a tick judges nothing (heap, no scan)."""
-    book = SettlementBook(CFG)
+    judged: list[object] = []
+
+    class Counting(SettlementBook):  # a subclass: the compiled book's methods cannot be patched
+        def _evaluate(self, b: Any, at: float, trigger: str) -> list[Signal]:
+            judged.append(b)
+            return super()._evaluate(b, at, trigger)
+
+    book = Counting(CFG)
     for i in range(2_000):
         book.on_txn(txn(f"t{i}", 100, tid=f"T{i}"), 1.0)
-    judged: list[object] = []
-    real = book._evaluate
-
-    def counting(b: Any, at: float, why: str) -> list[Signal]:
-        judged.append(b)
-        return real(b, at, why)
-
-    monkeypatch.setattr(book, "_evaluate", counting)
     assert book.tick(6.9) == []
     assert judged == []
     assert len(book.tick(7.0)) == 2_000
@@ -761,10 +762,31 @@ def test_day_view_and_money_at_stake_never_mix_currencies_or_count_parents() -> 
                            gap("merchant", 150, "CNY")]) == {"CNY": 150, "HKD": 7}
 
 
+def _annotations_in_source(cls: type) -> dict[str, str]:
+    """Field -> annotation text, read from the class's source file: a class compiled by
+    mypyc keeps only ``type`` for its optional fields."""
+    module = sys.modules[cls.__module__]
+    source = Path(module.__file__ or "").parent / f"{cls.__module__.rpartition('.')[2]}.py"
+    for node in ast.walk(ast.parse(source.read_text())):
+        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
+            return {n.target.id: ast.unparse(n.annotation) for n in node.body
+                    if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
+    raise AssertionError(f"{cls.__name__} not found in {source}")
+
+
+def _distinct(text: str, i: int) -> Any:
+    """A value of the field's own type (a compiled BatchRecord checks them) unlike any other field's."""
+    for name, value in (("bool", True), ("float", i + 0.5), ("int", i + 1000), ("str", f"v{i}")):
+        if text.startswith(name):
+            return value
+    raise AssertionError(f"no value for a field of type {text}")
+
+
 def test_a_batch_record_copy_carries_every_field_and_is_detached() -> None:
     """``BatchRecord.copy`` is what the book hands to the store: a missed field would be a lost tally."""
-    values: dict[str, object] = {f.name: f"v-{f.name}" for f in dataclasses.fields(BatchRecord)}  # distinct
-    original = BatchRecord(**values)  # type: ignore[arg-type]
+    annotations = _annotations_in_source(BatchRecord)
+    values = {f.name: _distinct(annotations[f.name], i) for i, f in enumerate(dataclasses.fields(BatchRecord))}
+    original = BatchRecord(**values)
     copied = original.copy()
     assert copied == original
     assert copied is not original
