@@ -89,6 +89,9 @@ _EVIDENCE_IX: Final = INCIDENT_FIELDS.index("evidence")
 _SUPPRESSED_IX: Final = INCIDENT_FIELDS.index("suppressed")
 _WATCH_IX: Final = BATCH_COLUMNS.index("watch")
 _DONE_IX: Final = BATCH_COLUMNS.index("done")
+_CHARGING_IX: Final = TERMINAL_COLUMNS.index("charging")
+_READER_FAULT_IX: Final = TERMINAL_COLUMNS.index("reader_fault")
+_TAMPER_IX: Final = TERMINAL_COLUMNS.index("tamper")
 
 
 class OnConflict(Enum):
@@ -335,13 +338,15 @@ def prepare(
 # ---- rows -> records ----------------------------------------------------------------
 
 def terminal_of(row: Sequence[Any]) -> TerminalRecord:
-    """Positional build; SQLite hands BOOLEAN columns back as 0/1, so those are fixed up."""
-    rec = TerminalRecord(*row)
-    if rec.charging is not None:
-        rec.charging = bool(rec.charging)
-    rec.reader_fault = bool(rec.reader_fault)
-    rec.tamper = bool(rec.tamper)
-    return rec
+    """Positional build; SQLite hands BOOLEAN columns back as 0/1, so those become bools
+    first (a compiled TerminalRecord refuses an int where its field says bool)."""
+    values = list(row)
+    charging = values[_CHARGING_IX]
+    if charging is not None:
+        values[_CHARGING_IX] = bool(charging)
+    values[_READER_FAULT_IX] = bool(values[_READER_FAULT_IX])
+    values[_TAMPER_IX] = bool(values[_TAMPER_IX])
+    return TerminalRecord(*values)
 
 
 class TerminalChunk(Sequence[TerminalRecord]):
