@@ -4,8 +4,9 @@ Everything else about the package is in pyproject.toml. The modules listed in
 fleetwatch/compiled.txt are the ones every message goes through (decode, the engine and
 the rules it runs, the MQTT frame parser); compiled, they take about a quarter less CPU
 per message (docs/decisions/0010-compile-the-hot-path-with-mypyc.md). The build falls back
-to plain Python, with one line saying why, when FLEETWATCH_PURE=1 is set or mypyc fails:
-a machine without a C compiler still gets a working daemon.
+to plain Python, with one line saying why, when FLEETWATCH_PURE=1 is set, when mypyc cannot
+be imported or when there is no C compiler: such a machine still gets a working daemon. A
+compiler that is there but fails stops the build (FLEETWATCH_PURE=1 gets past it).
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+import shutil
 import sys
+import sysconfig
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +57,10 @@ class BuildWithManifest(build_ext):
 def extensions() -> list[Any]:
     if os.environ.get("FLEETWATCH_PURE") == "1":
         print("fleetwatch: FLEETWATCH_PURE=1, building without mypyc", file=sys.stderr)
+        return []
+    compiler = shlex.split(os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc")[:1]
+    if not compiler or shutil.which(compiler[0]) is None:
+        print(f"fleetwatch: no C compiler ({' '.join(compiler) or 'CC unset'}); building pure Python", file=sys.stderr)
         return []
     try:
         from mypyc.build import mypycify  # noqa: PLC0415 - optional: only a compiled build needs mypy
