@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -70,6 +70,8 @@ class Daemon:
     """None: SQLite in ``workdir``; else a PostgreSQL URL."""
     extra_config: str = ""
     """TOML sections appended to the config (e.g. ``[notice]`` settings)."""
+    env: dict[str, str] = field(default_factory=dict)
+    """Added to the daemon's environment (``FLEETWATCH_PURE=1`` runs the hot path as Python)."""
 
     @property
     def db(self) -> Path:
@@ -90,7 +92,8 @@ class Daemon:
         cmd = os.environ.get("FLEETWATCH_BENCH_CMD")
         argv = cmd.split() if cmd else [sys.executable, "-m", "fleetwatch"]
         t0 = time.monotonic()
-        self.proc = subprocess.Popen([*argv, "run", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen([*argv, "run", "--config", str(conf)], stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env})
         log.close()
         if not wait:
             return 0.0

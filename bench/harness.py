@@ -36,6 +36,7 @@ from bench.broker import SysWatch, free_port, mosquitto
 from bench.daemon import TOKEN, Daemon, new_daemon
 from bench.publisher import connect_all, publish
 from bench.report import Figure
+from fleetwatch import COMPILED
 from fleetwatch.sim import fleet
 from fleetwatch.sim.client import WireClient
 from fleetwatch.sim.fleet import Topics
@@ -211,13 +212,16 @@ async def _reference_alone(st: streams.Stream, opts: Options) -> IngestRun:
     return run
 
 
-async def _daemon_alone(st: streams.Stream, opts: Options) -> IngestRun:
-    """The daemon alone: first byte to the closing tamper incident visible in the API."""
+async def _daemon_alone(st: streams.Stream, opts: Options, *, pure: bool = False) -> IngestRun:
+    """The daemon alone: first byte to the closing tamper incident visible in the API.
+    ``pure``: with its hot path as plain Python (FLEETWATCH_PURE=1), for the comparison."""
     total = st.messages + 1
     with mosquitto() as broker:
         sysw = SysWatch()
         await sysw.start(broker.port)
         daemon = new_daemon(broker.port)
+        if pure:
+            daemon.env["FLEETWATCH_PURE"] = "1"
         await asyncio.to_thread(daemon.start)
         await sysw.settle(1.2)
         cpu0 = daemon.cpu_seconds()
@@ -245,14 +249,18 @@ async def figure_ingest(opts: Options) -> list[Figure]:
     total = st.messages + 1
     refs: list[IngestRun] = []
     runs: list[IngestRun] = []
+    pures: list[IngestRun] = []
+    # A compiled install is also run as plain Python, in the same rounds (what mypyc buys).
+    sides = ["ref"] + ([] if opts.no_daemon else ["daemon"] + (["pure"] if COMPILED else []))
     for i in range(opts.repeat):
-        # alternate the order, so neither side always runs on a machine the other just warmed
-        order = ("ref", "daemon") if i % 2 == 0 else ("daemon", "ref")
-        for side in order:
+        # rotate the order, so no side always runs on a machine another just warmed
+        for side in sides[i % len(sides):] + sides[:i % len(sides)]:
             if side == "ref":
                 refs.append(await _reference_alone(st, opts))
-            elif not opts.no_daemon:
+            elif side == "daemon":
                 runs.append(await _daemon_alone(st, opts))
+            else:
+                pures.append(await _daemon_alone(st, opts, pure=True))
     ref_rate = statistics.median(r.rate for r in refs)
     ratio.rows.append(("mosquitto_sub -q 1 alone", _rate(ref_rate), "", None))
     ratio.rows.append(("mosquitto_sub received", f"{min(r.received for r in refs):,.0f} / {total:,}", "all",
@@ -278,12 +286,23 @@ async def figure_ingest(opts: Options) -> list[Figure]:
         ratio.rows.append(("daemon CPU per message (all threads)", f"{cpu:.1f} µs", "", None))
         ratio.rows.append(("daemon / mosquitto_sub", f"{rate / ref_rate:.2f}", f">= {RATIO_TARGET} (goal 0.5)",
                            None if opts.smoke else rate / ref_rate >= RATIO_TARGET))
+    if pures:
+        pure_rate = statistics.median(r.rate for r in pures)
+        ratio.rows.append(("daemon alone, hot path as pure Python", _rate(pure_rate), "", None))
+        ratio.rows.append(("its messages received", f"{min(r.received for r in pures):,.0f} / {total:,}", "all",
+                           all(r.received >= total for r in pures)))
+        ratio.rows.append(("its CPU per message (all threads)",
+                           f"{statistics.median(r.cpu_us for r in pures):.1f} µs", "", None))
+        ratio.rows.append(("compiled / pure Python (rate)", f"{rate / pure_rate:.2f}", "", None))
     else:
         ingest.notes.append("--no-daemon: broker and mosquitto_sub only")
     if opts.repeat > 1:
         pairs = ", ".join(f"{r.rate:,.0f}" for r in refs)
-        ratio.notes.append(f"median of {opts.repeat} runs each, alternating which goes first; mosquitto_sub: {pairs}"
-                           + ("; daemon: " + ", ".join(f"{r.rate:,.0f}" for r in runs) if runs else ""))
+        ratio.notes.append(f"median of {opts.repeat} runs each, rotating which goes first; mosquitto_sub: {pairs}"
+                           + ("; daemon: " + ", ".join(f"{r.rate:,.0f}" for r in runs) if runs else "")
+                           + ("; pure Python: " + ", ".join(f"{r.rate:,.0f}" for r in pures) if pures else ""))
+    ratio.notes.append("daemon built with its hot path compiled by mypyc (fleetwatch/compiled.txt)" if COMPILED
+                       else "daemon built as pure Python (no mypyc at install)")
     load = os.getloadavg()[0]
     ratio.notes.append(f"load average (1 min) at the end: {load:.1f} on {os.cpu_count()} CPUs; the CPU per "
                        "message is the figure least disturbed by other load")

@@ -23,14 +23,20 @@ with. What it leaves out: the store's writer thread and the broker's socket.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gc
+import json
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from bench import stream as streams
 from bench.report import Figure
+from fleetwatch import COMPILED
 from fleetwatch.adapters.metrics import Metrics
 from fleetwatch.adapters.mqtt import MqttSource
 from fleetwatch.config import MqttSettings, Settings
@@ -165,16 +171,45 @@ def measure(terminals: int = 20_000, messages: int = 200_000, repeat: int = 5) -
     return StageTimes(mqtt * us, decode * us, engine * us, intake * us, n)
 
 
+def measure_pure(terminals: int, messages: int, repeat: int) -> StageTimes:
+    """The same measurement with the hot path as plain Python (FLEETWATCH_PURE=1), in a
+    fresh interpreter: a process that imported the compiled modules cannot unload them."""
+    run = subprocess.run([sys.executable, "-m", "bench.hotpath", str(terminals), str(messages), str(repeat)],
+                         env={**os.environ, "FLEETWATCH_PURE": "1"}, capture_output=True, text=True, check=True)
+    return StageTimes(**json.loads(run.stdout))
+
+
+_STAGES: Final = (
+    ("mqtt", "MQTT parse (FrameReader)"),
+    ("decode", "decode (Decoder.decode)"),
+    ("engine", "engine (Engine.apply)"),
+    ("intake", "intake: parse + adapter + Pipeline.on_message"),
+)
+
+
 def figure(repeat: int = 5, smoke: bool = False) -> Figure:
+    """Each stage as built (mypyc-compiled when the install is) and, beside it in the same
+    run, as plain Python."""
     terminals, messages = (200, 2_000) if smoke else (20_000, 200_000)
     t = measure(terminals, messages, repeat)
     fig = Figure("hotpath", "Hot path CPU per message, stage by stage (one process)",
                  "python -m bench hotpath" + (" --smoke" if smoke else ""))
-    fig.rows.append(("MQTT parse (FrameReader)", f"{t.mqtt:.2f} µs", "", None))
-    fig.rows.append(("decode (Decoder.decode)", f"{t.decode:.2f} µs", "", None))
-    fig.rows.append(("engine (Engine.apply)", f"{t.engine:.2f} µs", "", None))
-    fig.rows.append(("intake: parse + adapter + Pipeline.on_message", f"{t.intake:.2f} µs", "", None))
+    pure = measure_pure(terminals, messages, repeat) if COMPILED else None
+    for attr, label in _STAGES:
+        if pure is None:
+            fig.rows.append((f"{label}, pure Python", f"{getattr(t, attr):.2f} µs", "", None))
+        else:
+            fig.rows.append((f"{label}, compiled", f"{getattr(t, attr):.2f} µs", "", None))
+            fig.rows.append((f"{label}, pure Python", f"{getattr(pure, attr):.2f} µs", "", None))
     fig.rows.append(("intake as a rate on one free core", f"{1e6 / t.intake:,.0f} msg/s", "", None))
+    if pure is not None:
+        fig.rows.append(("intake CPU, compiled / pure Python", f"{t.intake / pure.intake:.2f}", "", None))
     fig.notes.append(f"{terminals:,} terminals, {t.messages:,} messages of the ingest mix; best of {repeat} "
                      f"runs; load average (1 min) {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    fig.notes.append("compiled: the modules in fleetwatch/compiled.txt built by mypyc (setup.py)" if COMPILED else
+                     "this install is pure Python (built without mypyc), so there is nothing to compare")
     return fig
+
+
+if __name__ == "__main__":  # measure_pure's child: python -m bench.hotpath TERMINALS MESSAGES REPEAT
+    print(json.dumps(dataclasses.asdict(measure(*(int(a) for a in sys.argv[1:4])))))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+import fleetwatch
 from bench.mqtt_bench import available_receivers
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +55,8 @@ def test_hotpath_bench_runs_every_stage() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     for stage in ("MQTT parse", "decode", "engine", "intake"):
         assert stage in result.stdout
+    # A compiled install is measured beside its pure-Python self in the same run.
+    assert ("intake CPU, compiled / pure Python" in result.stdout) == fleetwatch.COMPILED
 
 
 def test_silence_bench_catches_up_without_taking_anyone_offline() -> None:
