@@ -7,7 +7,8 @@ branch switch an editable install would silently run the old code. This module r
 first on ``import fleetwatch`` and, when any compiled module's source no longer matches
 its hash, loads *every* compiled module from its source instead (all or none: compiled
 modules call each other directly, so a mix would still run old code), saying so in one
-line on stderr. ``FLEETWATCH_PURE=1`` does the same on purpose, for comparing both
+line on stderr. An extension the last build did not list (left over from an older build)
+is never used either. ``FLEETWATCH_PURE=1`` does the same on purpose, for comparing both
 builds in one run (``python -m bench hotpath``).
 
 Hashing about twenty files costs a millisecond or two per start.
@@ -64,13 +65,28 @@ def stale_sources(manifest: dict[str, str], root: Path) -> list[str]:
     return stale
 
 
+def orphans(manifest: dict[str, str], root: Path) -> list[str]:
+    """Sources with an extension beside them that the last build did not list (a module
+    taken off fleetwatch/compiled.txt, or a build without mypyc over an older one)."""
+    found = set()
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        for ext in (root / "fleetwatch").rglob(f"*{suffix}"):
+            source = ext.with_name(ext.name.removesuffix(suffix) + ".py")
+            if source.exists():
+                found.add(source.relative_to(root).as_posix())
+    return sorted(found - manifest.keys())
+
+
 def choose() -> bool:
-    """Install the source-first finder when the compiled modules must not be used;
-    returns whether the compiled ones are in use."""
+    """Install the source-first finder when some extensions must not be used; returns
+    whether the compiled modules are in use."""
     manifest = _manifest()
+    root = PACKAGE_DIR.parent
+    left_over = orphans(manifest, root)
+    if left_over:
+        sys.meta_path.insert(0, _SourceFirst({_module_name(m): root / m for m in left_over}))
     if not manifest:
         return False
-    root = PACKAGE_DIR.parent
     sources = {_module_name(m): root / m for m in manifest if (root / m).exists()}
     if os.environ.get("FLEETWATCH_PURE") == "1":
         sys.meta_path.insert(0, _SourceFirst(sources))

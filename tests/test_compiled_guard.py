@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.machinery
 import json
 import os
 import shutil
@@ -81,3 +82,15 @@ def test_fleetwatch_pure_runs_the_sources_without_a_word(tmp_path: Path) -> None
     assert compiled is False
     assert all(f.endswith(".py") for f in files)
     assert stderr == ""
+
+
+def test_an_extension_left_over_from_an_older_build_is_never_imported(tmp_path: Path) -> None:
+    """A module taken off compiled.txt keeps its old extension in an editable tree; that file
+    (here: junk that would fail to load) must not shadow the source."""
+    tree = _copy_of_the_install(tmp_path)
+    suffix = importlib.machinery.EXTENSION_SUFFIXES[0]
+    (tree / "fleetwatch" / f"timefmt{suffix}").write_bytes(b"not an extension")
+    run = subprocess.run([sys.executable, "-c", "import fleetwatch.timefmt as m; print(m.__file__)"],
+                         capture_output=True, text=True, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
+                         timeout=60, check=True)
+    assert run.stdout.strip() == str(tree / "fleetwatch" / "timefmt.py")
