@@ -55,6 +55,15 @@ class BuildWithManifest(build_ext):
 
 
 def extensions() -> list[Any]:
+    """mypyc's extensions, or none (then an in-place manifest of an older compiled build is
+    removed, so fleetwatch/_compiled.py uses none of its extensions)."""
+    built = _compiled_extensions()
+    if not built:
+        (HERE / "fleetwatch" / MANIFEST).unlink(missing_ok=True)
+    return built
+
+
+def _compiled_extensions() -> list[Any]:
     if os.environ.get("FLEETWATCH_PURE") == "1":
         print("fleetwatch: FLEETWATCH_PURE=1, building without mypyc", file=sys.stderr)
         return []
