@@ -3,7 +3,7 @@
 Every message passes here once, so the accepted path is kept to: one topic parse by
 string methods, one length check, one bytes regex (the PAN prefilter), an ASCII test, one typed msgspec
 decode with a decoder built once per message type (without regex patterns for the
-terminal messages) and the string-method checks of ``messages.invalid_field``. Anything slower (the generic parse
+terminal messages) and the string-method checks of ``fields.invalid_field``. Anything slower (the generic parse
 that tells ``version`` from ``schema`` from ``json``) runs only after the typed decode
 has already failed.
 
@@ -25,6 +25,7 @@ from typing import Final
 import msgspec
 
 from fleetwatch.core import pan
+from fleetwatch.core.fields import invalid_field, is_id
 from fleetwatch.core.messages import (
     BatchClose,
     Envelope,
@@ -35,8 +36,6 @@ from fleetwatch.core.messages import (
     StatusCleared,
     TerminalStatus,
     TxnResult,
-    invalid_field,
-    is_id,
 )
 from fleetwatch.core.model import DeadLetter, MessageType, RejectReason
 

@@ -10,7 +10,7 @@ firmware can add fields without being rejected.
 
 The four terminal messages (Heartbeat, TxnResult, BatchClose, StateMsg) carry their
 identifiers, currency and response code as plain ``str`` for msgspec and are checked
-by :func:`invalid_field` after the typed decode, with string methods instead of one
+by :func:`fleetwatch.core.fields.invalid_field` after the typed decode, with string methods instead of one
 regex per field: a regex in msgspec costs about as much as the whole rest of a
 heartbeat's decode, and the payload's ``terminal_id`` needs no check of its own at all
 when it equals the topic's, which the topic pattern has already validated. The rare
@@ -37,11 +37,11 @@ Currency = Annotated[str, msgspec.Meta(pattern=r"^[A-Z]{3}\Z")]
 """ISO 4217 alphabetic code."""
 
 CheckedId = str
-"""An :data:`IdStr` checked by :func:`invalid_field` rather than by a msgspec pattern."""
+"""An :data:`IdStr` checked by :func:`fleetwatch.core.fields.invalid_field` rather than by a msgspec pattern."""
 CheckedCurrency = str
-"""A :data:`Currency` checked by :func:`invalid_field`."""
+"""A :data:`Currency` checked by :func:`fleetwatch.core.fields.invalid_field`."""
 CheckedRc = str
-"""A two-character host response code (``[0-9A-Za-z]{2}``) checked by :func:`invalid_field`."""
+"""A two-character host response code (``[0-9A-Za-z]{2}``) checked by :func:`fleetwatch.core.fields.invalid_field`."""
 
 EpochMs = Annotated[int, msgspec.Meta(ge=0)]
 
@@ -199,62 +199,3 @@ class Envelope(msgspec.Struct, frozen=True, gc=False):
     msg: Message
     received_at: float
     retained: bool = False
-
-
-# ---- the checks msgspec no longer makes for the terminal messages ----------------------
-
-_ID_PUNCTUATION = str.maketrans("", "", "-.")
-
-
-def is_id(s: str) -> bool:
-    """1 to 32 characters of ``A-Z a-z 0-9 - .`` (the contract's identifier format)."""
-    if not (0 < len(s) <= 32 and s.isascii()):
-        return False
-    if s.isalnum():
-        return True
-    rest = s.translate(_ID_PUNCTUATION)
-    return not rest or rest.isalnum()
-
-
-def is_currency(s: str) -> bool:
-    """Three ASCII capital letters."""
-    return len(s) == 3 and s.isascii() and s.isalpha() and s.isupper()
-
-
-def is_rc(s: str) -> bool:
-    """Two ASCII letters or digits."""
-    return len(s) == 2 and s.isascii() and s.isalnum()
-
-
-ID_RULE = "Expected `str` of 1 to 32 characters of A-Z a-z 0-9 - ."
-CURRENCY_RULE = "Expected `str` of three capital letters A-Z"
-RC_RULE = "Expected `str` of two characters A-Z a-z 0-9"
-
-
-def invalid_field(msg: Message, topic_terminal_id: str | None = None) -> str | None:
-    """What msgspec's patterns would have refused in a decoded terminal message, as
-    ``"<rule> - at `$.<field>`"``, or None when every field is valid.
-
-    ``terminal_id`` is not checked again when it equals ``topic_terminal_id`` (the
-    topic pattern checked that one); checks run in field order, like msgspec's.
-    """
-    if isinstance(msg, (Settlement, StatusCleared)):  # a tuple: ``X | Y`` builds a union object per call
-        return None
-    if msg.terminal_id != topic_terminal_id and not is_id(msg.terminal_id):
-        return f"{ID_RULE} - at `$.terminal_id`"
-    if isinstance(msg, StateMsg):
-        return None
-    if isinstance(msg, TerminalStatus):
-        if msg.merchant_id is not None and not is_id(msg.merchant_id):
-            return f"{ID_RULE} - at `$.merchant_id`"
-        return None
-    if not is_id(msg.merchant_id):
-        return f"{ID_RULE} - at `$.merchant_id`"
-    if isinstance(msg, TxnResult):
-        if not is_currency(msg.currency):
-            return f"{CURRENCY_RULE} - at `$.currency`"
-        if msg.rc is not None and not is_rc(msg.rc):
-            return f"{RC_RULE} - at `$.rc`"
-    elif isinstance(msg, BatchClose) and not is_currency(msg.currency):
-        return f"{CURRENCY_RULE} - at `$.currency`"
-    return None

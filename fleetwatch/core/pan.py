@@ -32,6 +32,8 @@ import re
 from collections.abc import Iterator
 from typing import Final
 
+from mypy_extensions import mypyc_attr
+
 IDENTIFIER_FIELDS: Final[frozenset[str]] = frozenset({"terminal_id", "merchant_id", "txn_id", "stan", "rrn"})
 """Top-level keys whose string values are identifiers, not scanned (CONTRACT.md §1)."""
 
@@ -151,6 +153,7 @@ def might_contain_pan(payload: bytes) -> bool:
     return False
 
 
+@mypyc_attr(native_class=False)  # compiled, a class may not subclass list
 class _Obj(list[tuple[str, object]]):
     """A JSON object as its (key, value) pairs, duplicates kept, distinct from arrays."""
 

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleetwatch.core import messages, pan
+from fleetwatch.core import fields, pan
 from fleetwatch.core.decode import Decoder, Rejection
 from fleetwatch.core.messages import (
     BatchClose,
@@ -484,14 +484,14 @@ ID_PATTERN = re.compile(r"^[A-Za-z0-9.\-]{1,32}\Z")
 @given(st.text(alphabet=st.sampled_from("Aa0.-_ \n٣éZ9/"), max_size=40))
 @settings(max_examples=2000)
 def test_is_id_agrees_with_the_contract_pattern(s: str) -> None:
-    assert messages.is_id(s) == bool(ID_PATTERN.search(s))
+    assert fields.is_id(s) == bool(ID_PATTERN.search(s))
 
 
 @given(st.text(max_size=5))
 @settings(max_examples=2000)
 def test_currency_and_rc_checks_agree_with_their_patterns(s: str) -> None:
-    assert messages.is_currency(s) == bool(re.search(r"^[A-Z]{3}\Z", s))
-    assert messages.is_rc(s) == bool(re.search(r"^[0-9A-Za-z]{2}\Z", s))
+    assert fields.is_currency(s) == bool(re.search(r"^[A-Z]{3}\Z", s))
+    assert fields.is_rc(s) == bool(re.search(r"^[0-9A-Za-z]{2}\Z", s))
 
 
 @given(st.text(alphabet=st.sampled_from("ab/.-_ 1\nT٣"), max_size=30), st.sampled_from(
@@ -553,6 +553,6 @@ def test_the_order_of_reasons_is_unchanged_for_the_new_checks(payload: bytes, re
 def test_invalid_field_checks_a_message_built_without_a_topic() -> None:
     """Outside the decoder (no topic to compare with) the payload's terminal id is checked too."""
     msg = msgspec.json.decode(with_fields(STATE, terminal_id="bad id"), type=StateMsg)
-    assert messages.invalid_field(msg) == f"{messages.ID_RULE} - at `$.terminal_id`"
+    assert fields.invalid_field(msg) == f"{fields.ID_RULE} - at `$.terminal_id`"
     good = msgspec.json.decode(STATE.encode(), type=StateMsg)
-    assert messages.invalid_field(good) is None
+    assert fields.invalid_field(good) is None

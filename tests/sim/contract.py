@@ -11,7 +11,8 @@ import re
 
 import msgspec
 
-from fleetwatch.core.messages import BatchClose, Heartbeat, Message, Settlement, StateMsg, TxnResult, invalid_field
+from fleetwatch.core.fields import invalid_field
+from fleetwatch.core.messages import BatchClose, Heartbeat, Message, Settlement, StateMsg, TxnResult
 
 TYPES: dict[str, type[Message]] = {
     "heartbeat": Heartbeat, "txn": TxnResult, "batch": BatchClose, "state": StateMsg, "settlement": Settlement,
