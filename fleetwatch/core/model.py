@@ -260,6 +260,61 @@ class TerminalRecord:
     tamper: bool = False
     maintenance_until: float | None = None
 
+    # Written out (the dataclass keeps its fields, repr and eq): the generated __init__ is
+    # interpreted even in a compiled module, and this record is built on the hot path.
+    # tests/core/test_hand_inits.py holds it to the fields.
+    def __init__(  # noqa: PLR0917 -- positional, as the generated one (copy() relies on it)
+        self,
+        terminal_id: str,
+        merchant_id: str | None = None,
+        model: str | None = None,
+        fw: str | None = None,
+        app: str | None = None,
+        serial: str | None = None,
+        net_type: str | None = None,
+        last_seen: float | None = None,
+        last_heartbeat_at: float | None = None,
+        last_ts_ms: int | None = None,
+        seq: int | None = None,
+        uptime_s: int | None = None,
+        reboots: int = 0,
+        state: str = 'online',
+        state_at: float | None = None,
+        battery_pct: int | None = None,
+        charging: bool | None = None,
+        rssi_dbm: int | None = None,
+        printer: str | None = None,
+        reader_fault: bool = False,
+        saf_pending: int | None = None,
+        saf_oldest_ts_ms: int | None = None,
+        tamper: bool = False,
+        maintenance_until: float | None = None,
+    ) -> None:
+        self.terminal_id = terminal_id
+        self.merchant_id = merchant_id
+        self.model = model
+        self.fw = fw
+        self.app = app
+        self.serial = serial
+        self.net_type = net_type
+        self.last_seen = last_seen
+        self.last_heartbeat_at = last_heartbeat_at
+        self.last_ts_ms = last_ts_ms
+        self.seq = seq
+        self.uptime_s = uptime_s
+        self.reboots = reboots
+        self.state = state
+        self.state_at = state_at
+        self.battery_pct = battery_pct
+        self.charging = charging
+        self.rssi_dbm = rssi_dbm
+        self.printer = printer
+        self.reader_fault = reader_fault
+        self.saf_pending = saf_pending
+        self.saf_oldest_ts_ms = saf_oldest_ts_ms
+        self.tamper = tamper
+        self.maintenance_until = maintenance_until
+
 
 @dataclass(slots=True)
 class AcquirerStatus:
@@ -355,6 +410,56 @@ class BatchRecord:
     done: bool = False
     """Settled in full and matched: nothing more to watch; not loaded at start."""
 
+    # Written out (the dataclass keeps its fields, repr and eq): the generated __init__ is
+    # interpreted even in a compiled module, and this record is built on the hot path.
+    # tests/core/test_hand_inits.py holds it to the fields.
+    def __init__(  # noqa: PLR0917 -- positional, as the generated one (copy() relies on it)
+        self,
+        terminal_id: str,
+        batch_no: int,
+        currency: str,
+        merchant_id: str,
+        tally_count: int = 0,
+        tally_amount_minor: int = 0,
+        first_approved_at: float | None = None,
+        first_approved_ts_ms: int | None = None,
+        last_txn_at: float | None = None,
+        closed_at: float | None = None,
+        close_count: int | None = None,
+        close_amount_minor: int | None = None,
+        close_result: str | None = None,
+        close_ts_ms: int | None = None,
+        settled_at: float | None = None,
+        settled_count: int | None = None,
+        settled_amount_minor: int | None = None,
+        business_date: str | None = None,
+        credited_at_ms: int | None = None,
+        watch: bool = False,
+        done: bool = False,
+    ) -> None:
+        self.terminal_id = terminal_id
+        self.batch_no = batch_no
+        self.currency = currency
+        self.merchant_id = merchant_id
+        self.tally_count = tally_count
+        self.tally_amount_minor = tally_amount_minor
+        self.first_approved_at = first_approved_at
+        self.first_approved_ts_ms = first_approved_ts_ms
+        self.last_txn_at = last_txn_at
+        self.closed_at = closed_at
+        self.close_count = close_count
+        self.close_amount_minor = close_amount_minor
+        self.close_result = close_result
+        self.close_ts_ms = close_ts_ms
+        self.settled_at = settled_at
+        self.settled_count = settled_count
+        self.settled_amount_minor = settled_amount_minor
+        self.business_date = business_date
+        self.credited_at_ms = credited_at_ms
+        self.watch = watch
+        self.done = done
+
+
     def copy(self) -> BatchRecord:
         """A detached copy: what the settlement book hands out of its live records.
 
@@ -388,12 +493,58 @@ class TxnRecord:
     signed_amount_minor: int = 0
     """This txn's effect on its batch tally (0 when it does not move money)."""
 
+    # Written out (the dataclass keeps its fields, repr and eq): the generated __init__ is
+    # interpreted even in a compiled module, and this record is built on the hot path.
+    # tests/core/test_hand_inits.py holds it to the fields.
+    def __init__(  # noqa: PLR0917 -- positional, as the generated one (copy() relies on it)
+        self,
+        terminal_id: str,
+        txn_id: str,
+        merchant_id: str,
+        batch_no: int,
+        currency: str,
+        type: str,
+        outcome: str,
+        amount_minor: int,
+        ts_ms: int,
+        received_at: float,
+        rc: str | None = None,
+        entry: str | None = None,
+        error_stage: str | None = None,
+        orig_txn_id: str | None = None,
+        signed_amount_minor: int = 0,
+    ) -> None:
+        object.__setattr__(self, "terminal_id", terminal_id)
+        object.__setattr__(self, "txn_id", txn_id)
+        object.__setattr__(self, "merchant_id", merchant_id)
+        object.__setattr__(self, "batch_no", batch_no)
+        object.__setattr__(self, "currency", currency)
+        object.__setattr__(self, "type", type)
+        object.__setattr__(self, "outcome", outcome)
+        object.__setattr__(self, "amount_minor", amount_minor)
+        object.__setattr__(self, "ts_ms", ts_ms)
+        object.__setattr__(self, "received_at", received_at)
+        object.__setattr__(self, "rc", rc)
+        object.__setattr__(self, "entry", entry)
+        object.__setattr__(self, "error_stage", error_stage)
+        object.__setattr__(self, "orig_txn_id", orig_txn_id)
+        object.__setattr__(self, "signed_amount_minor", signed_amount_minor)
+
 
 @dataclass(frozen=True, slots=True)
 class TxnWrite:
     """Persist one accepted transaction (QoS 1: acknowledged only after this commits)."""
 
     txn: TxnRecord
+
+    # Written out (the dataclass keeps its fields, repr and eq): the generated __init__ is
+    # interpreted even in a compiled module, and this record is built on the hot path.
+    # tests/core/test_hand_inits.py holds it to the fields.
+    def __init__(
+        self,
+        txn: TxnRecord,
+    ) -> None:
+        object.__setattr__(self, "txn", txn)
 
 
 @dataclass(frozen=True, slots=True)

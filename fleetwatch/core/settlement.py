@@ -124,6 +124,23 @@ class _Batch:
     aged: bool = False
     """True while an entry for this batch sits in its currency's age heap."""
 
+    # Written out (the dataclass keeps its fields, repr and eq): the generated __init__ is
+    # interpreted even in a compiled module, and this record is built on the hot path.
+    # tests/core/test_hand_inits.py holds it to the fields.
+    def __init__(
+        self,
+        rec: BatchRecord,
+        origs: dict[str, int | None] | None = None,
+        gaps: dict[str, Evidence] | None = None,
+        watch_reason: str | None = None,
+        aged: bool = False,
+    ) -> None:
+        self.rec = rec
+        self.origs = origs
+        self.gaps = {} if gaps is None else gaps
+        self.watch_reason = watch_reason
+        self.aged = aged
+
 
 # ---- pure rules: one batch, one moment --------------------------------------------
 

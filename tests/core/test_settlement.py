@@ -7,10 +7,8 @@ Clears that came out (folded into "incidents" the way the incident book keys the
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +27,7 @@ from fleetwatch.core.settlement import (
     parse_gap_key,
     reconcile_day,
 )
+from tests.core.source_annotations import annotations_in_source
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CFG = SettlementSettings(batch_close_deadline_s=6, settlement_deadline_s=6, saf_max_age_s=3600)
@@ -762,18 +761,6 @@ def test_day_view_and_money_at_stake_never_mix_currencies_or_count_parents() -> 
                            gap("merchant", 150, "CNY")]) == {"CNY": 150, "HKD": 7}
 
 
-def _annotations_in_source(cls: type) -> dict[str, str]:
-    """Field -> annotation text, read from the class's source file: a class compiled by
-    mypyc keeps only ``type`` for its optional fields."""
-    module = sys.modules[cls.__module__]
-    source = Path(module.__file__ or "").parent / f"{cls.__module__.rpartition('.')[2]}.py"
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.ClassDef) and node.name == cls.__name__:
-            return {n.target.id: ast.unparse(n.annotation) for n in node.body
-                    if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)}
-    raise AssertionError(f"{cls.__name__} not found in {source}")
-
-
 def _distinct(text: str, i: int) -> Any:
     """A value of the field's own type (a compiled BatchRecord checks them) unlike any other field's."""
     for name, value in (("bool", True), ("float", i + 0.5), ("int", i + 1000), ("str", f"v{i}")):
@@ -784,7 +771,7 @@ def _distinct(text: str, i: int) -> Any:
 
 def test_a_batch_record_copy_carries_every_field_and_is_detached() -> None:
     """``BatchRecord.copy`` is what the book hands to the store: a missed field would be a lost tally."""
-    annotations = _annotations_in_source(BatchRecord)
+    annotations = annotations_in_source(BatchRecord)
     values = {f.name: _distinct(annotations[f.name], i) for i, f in enumerate(dataclasses.fields(BatchRecord))}
     original = BatchRecord(**values)
     copied = original.copy()
