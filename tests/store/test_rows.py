@@ -20,6 +20,10 @@ def test_business_day_prefers_settlement_then_first_approval_then_close() -> Non
     assert business_day(b) == "2026-11-21"
     b.business_date, b.first_approved_ts_ms = None, 10**20  # absurd terminal clock
     assert business_day(b) is None
+    b.first_approved_ts_ms = 1_795_478_399_999  # the last millisecond of 2026-11-23 (UTC)
+    assert business_day(b) == "2026-11-23"
+    b.first_approved_ts_ms = -1  # the last millisecond before the epoch
+    assert business_day(b) == "1969-12-31"
 
 
 def test_prepare_counts_rows() -> None:
