@@ -263,7 +263,7 @@ class TerminalRecord:
     # Written out (the dataclass keeps its fields, repr and eq): the generated __init__ is
     # interpreted even in a compiled module, and this record is built on the hot path.
     # tests/core/test_hand_inits.py holds it to the fields.
-    def __init__(  # noqa: PLR0917 -- positional, as the generated one (copy() relies on it)
+    def __init__(  # noqa: PLR0917 -- positional too, like the generated one
         self,
         terminal_id: str,
         merchant_id: str | None = None,
@@ -278,7 +278,7 @@ class TerminalRecord:
         seq: int | None = None,
         uptime_s: int | None = None,
         reboots: int = 0,
-        state: str = 'online',
+        state: str = "online",
         state_at: float | None = None,
         battery_pct: int | None = None,
         charging: bool | None = None,
@@ -413,7 +413,7 @@ class BatchRecord:
     # Written out (the dataclass keeps its fields, repr and eq): the generated __init__ is
     # interpreted even in a compiled module, and this record is built on the hot path.
     # tests/core/test_hand_inits.py holds it to the fields.
-    def __init__(  # noqa: PLR0917 -- positional, as the generated one (copy() relies on it)
+    def __init__(  # noqa: PLR0917 -- positional too, like the generated one
         self,
         terminal_id: str,
         batch_no: int,
@@ -496,7 +496,7 @@ class TxnRecord:
     # Written out (the dataclass keeps its fields, repr and eq): the generated __init__ is
     # interpreted even in a compiled module, and this record is built on the hot path.
     # tests/core/test_hand_inits.py holds it to the fields.
-    def __init__(  # noqa: PLR0917 -- positional, as the generated one (copy() relies on it)
+    def __init__(  # noqa: PLR0917 -- positional too, like the generated one
         self,
         terminal_id: str,
         txn_id: str,
