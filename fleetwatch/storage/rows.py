@@ -173,7 +173,8 @@ def business_day(batch: BatchRecord) -> str | None:
     return _utc_date(ts_ms // _MS_PER_DAY)
 
 
-_MS_PER_DAY: Final = 86_400_000
+_SECONDS_PER_DAY: Final = 86_400
+_MS_PER_DAY: Final = _SECONDS_PER_DAY * 1000
 
 
 @functools.lru_cache(maxsize=256)
@@ -182,7 +183,7 @@ def _utc_date(day: int) -> str | None:
     Cached: a flush writes thousands of batch rows dated on a handful of days, and building
     the datetime cost about a microsecond a row on the event loop's thread."""
     try:
-        return datetime.fromtimestamp(day * 86_400, tz=UTC).date().isoformat()
+        return datetime.fromtimestamp(day * _SECONDS_PER_DAY, tz=UTC).date().isoformat()
     except (OverflowError, OSError, ValueError):
         return None
 
