@@ -11,36 +11,17 @@ from typing import Any
 import pytest
 
 from fleetwatch.core import model, settlement
-from tests.core.source_annotations import annotations_in_source
+from tests.core.source_annotations import annotations_in_source, value_of_type
 
 HAND_WRITTEN: tuple[type[Any], ...] = (
     model.TerminalRecord, model.BatchRecord, model.TxnRecord, model.TxnWrite, settlement._Batch,
 )
 
 
-def _value(annotation: str, i: int) -> object:
-    """A value of the field's type that no other field gets (a compiled ``__init__`` checks types)."""
-    if "BatchRecord" in annotation:
-        return model.BatchRecord(terminal_id=f"T{i}", batch_no=i, currency="EUR", merchant_id=f"M{i}")
-    if "TxnRecord" in annotation:
-        return model.TxnRecord(f"T{i}", f"X{i}", f"M{i}", i, "EUR", "sale", "approved", i, i, float(i))
-    if annotation.startswith("dict"):
-        return {f"key-{i}": None}
-    if "str" in annotation:
-        return f"value-{i}"
-    if "float" in annotation:
-        return i + 0.25
-    if "bool" in annotation:
-        return i % 2 == 0  # alternating, so two neighbouring flags swapped show
-    if "int" in annotation:
-        return 1000 + i
-    raise AssertionError(f"no test value for {annotation}")
-
-
 def _distinct_values(cls: type[Any]) -> dict[str, object]:
     """A different value for every field, so a value landing in the wrong one shows."""
     annotations = annotations_in_source(cls)
-    return {f.name: _value(annotations[f.name], i) for i, f in enumerate(dataclasses.fields(cls))}
+    return {f.name: value_of_type(annotations[f.name], i) for i, f in enumerate(dataclasses.fields(cls))}
 
 
 @pytest.mark.parametrize("cls", HAND_WRITTEN, ids=lambda c: c.__name__)

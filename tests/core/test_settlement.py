@@ -27,7 +27,7 @@ from fleetwatch.core.settlement import (
     parse_gap_key,
     reconcile_day,
 )
-from tests.core.source_annotations import annotations_in_source
+from tests.core.source_annotations import annotations_in_source, value_of_type
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 CFG = SettlementSettings(batch_close_deadline_s=6, settlement_deadline_s=6, saf_max_age_s=3600)
@@ -761,18 +761,10 @@ def test_day_view_and_money_at_stake_never_mix_currencies_or_count_parents() -> 
                            gap("merchant", 150, "CNY")]) == {"CNY": 150, "HKD": 7}
 
 
-def _distinct(text: str, i: int) -> Any:
-    """A value of the field's own type (a compiled BatchRecord checks them) unlike any other field's."""
-    for name, value in (("bool", True), ("float", i + 0.5), ("int", i + 1000), ("str", f"v{i}")):
-        if text.startswith(name):
-            return value
-    raise AssertionError(f"no value for a field of type {text}")
-
-
 def test_a_batch_record_copy_carries_every_field_and_is_detached() -> None:
     """``BatchRecord.copy`` is what the book hands to the store: a missed field would be a lost tally."""
     annotations = annotations_in_source(BatchRecord)
-    values = {f.name: _distinct(annotations[f.name], i) for i, f in enumerate(dataclasses.fields(BatchRecord))}
+    values = {f.name: value_of_type(annotations[f.name], i) for i, f in enumerate(dataclasses.fields(BatchRecord))}
     original = BatchRecord(**values)
     copied = original.copy()
     assert copied == original
